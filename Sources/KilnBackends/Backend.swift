@@ -1,0 +1,157 @@
+import KilnCore
+
+/// Activation applied in a linear layer's epilogue (and available on its own).
+public enum Activation: Sendable {
+    case none
+    case silu
+    /// GELU with the tanh approximation, as FLUX's MLPs use.
+    case geluTanh
+}
+
+/// Precomputed rotary position embedding: `cos` and `sin` of shape `[L, D]` for L positions and head size D,
+/// each pair of lanes (2i, 2i+1) sharing one angle.
+public struct RotaryTable<Tensor> {
+    public var cos: Tensor
+    public var sin: Tensor
+    public init(cos: Tensor, sin: Tensor) {
+        self.cos = cos
+        self.sin = sin
+    }
+}
+
+/// The op interface all models are written against.
+///
+/// Tensors are row-major; sequences are `[B, L, C]`, images are NHWC `[B, H, W, C]`. Linear weights are
+/// `[out, in]` as in checkpoints; convolution weights are `[out, kh, kw, in]` (checkpoints' OIHW, permuted at load).
+/// Ops return new tensors; a backend may place them in a planned arena.
+///
+/// The fused ops (`layerNormModulate`, `gatedResidual`, `qkNormRoPE`, `linear` with an activation, `groupNorm` with SiLU)
+/// exist so a fast backend can implement each as one kernel; the extension below composes them from simple ops, which is
+/// what the CPU reference uses.
+public protocol Backend: AnyObject {
+    associatedtype Tensor
+
+    /// A short name for messages ("cpu", "cuda").
+    var name: String { get }
+
+    // MARK: data movement
+    /// Copies a host tensor into the backend.
+    func tensor(_ host: HostTensor) -> Tensor
+    /// Loads a weight. Backends may convert it (e.g. to BF16 or FP8); `role` says how it will be used.
+    func weight(_ host: HostTensor, role: WeightRole) -> Tensor
+    /// Copies a tensor back to the host as fp32.
+    func host(_ tensor: Tensor) -> HostTensor
+    /// The shape of a tensor.
+    func shape(_ tensor: Tensor) -> [Int]
+
+    // MARK: layout
+    /// The same elements with another shape of equal count.
+    func reshape(_ x: Tensor, _ shape: [Int]) -> Tensor
+    /// Concatenation along `axis`.
+    func concat(_ parts: [Tensor], axis: Int) -> Tensor
+    /// The sub-range `range` of dimension `axis`.
+    func slice(_ x: Tensor, axis: Int, _ range: Range<Int>) -> Tensor
+
+    // MARK: elementwise
+    /// `a + b`, same shapes.
+    func add(_ a: Tensor, _ b: Tensor) -> Tensor
+    /// `x + alpha * y`, same shapes.
+    func addScaled(_ x: Tensor, _ y: Tensor, alpha: Float) -> Tensor
+    /// `x * a + b` with scalars.
+    func affine(_ x: Tensor, scale a: Float, shift b: Float) -> Tensor
+    /// Applies an activation elementwise.
+    func activation(_ x: Tensor, _ kind: Activation) -> Tensor
+    /// `x * (1 + scale) + shift` where `x` is `[B, L, C]` and `scale`, `shift` are `[B, C]`.
+    func modulate(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor
+    /// `x * gate` where `x` is `[B, L, C]` and `gate` is `[B, C]`.
+    func scaleChannels(_ x: Tensor, by gate: Tensor) -> Tensor
+
+    // MARK: linear algebra
+    /// `x · wᵀ + bias` over the last dimension of `x` (`[..., in]` → `[..., out]`), then `activation`.
+    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, activation: Activation) -> Tensor
+    /// Multi-head attention, non-causal, softmax scale 1/√D. `q`, `k`, `v` are `[B, L, H·D]`; the result too.
+    /// `keyMask`, when given, is `[B, L]` with 1 for keys to attend to and 0 for keys to ignore.
+    func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float?, keyMask: Tensor?) -> Tensor
+
+    // MARK: normalization
+    /// Layer norm over the last dimension, optional affine weight and bias.
+    func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor
+    /// RMS norm over the last dimension times `weight`.
+    func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor
+    /// Group norm over NHWC `[B, H, W, C]` with per-channel affine, optionally followed by SiLU.
+    func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, eps: Float, silu: Bool) -> Tensor
+
+    // MARK: position
+    /// Rotary embedding applied to `x` of shape `[B, L, H, D]` with a table of `[L, D]`.
+    func rope(_ x: Tensor, _ table: RotaryTable<Tensor>) -> Tensor
+
+    // MARK: images
+    /// 2-D convolution, NHWC in and out, weight `[O, kh, kw, I]`, padding (top, left, bottom, right) with zeros.
+    func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding) -> Tensor
+    /// Nearest-neighbour 2x upsampling of NHWC.
+    func upsampleNearest2x(_ x: Tensor) -> Tensor
+
+    // MARK: fused (defaults below compose simple ops)
+    /// `layerNorm(x) * (1 + scale) + shift` (no affine weights, as adaLN uses).
+    func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor
+    /// `x + gate * y`, `gate` `[B, C]` broadcast over the sequence.
+    func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor
+    /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
+    func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
+                    rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor)
+}
+
+/// How a weight will be used, so a backend can choose its storage.
+public enum WeightRole: Sendable {
+    /// A linear layer's `[out, in]` matrix.
+    case linear
+    /// A convolution kernel `[O, kh, kw, I]`.
+    case convolution
+    /// Anything else: biases, norm weights, embeddings.
+    case vector
+}
+
+/// Zero padding of a convolution.
+public struct Padding: Equatable, Sendable {
+    public var top, left, bottom, right: Int
+    public init(top: Int, left: Int, bottom: Int, right: Int) {
+        (self.top, self.left, self.bottom, self.right) = (top, left, bottom, right)
+    }
+    /// The same padding on all four sides.
+    public static func uniform(_ p: Int) -> Padding { Padding(top: p, left: p, bottom: p, right: p) }
+}
+
+extension Backend {
+    public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor {
+        modulate(layerNorm(x, weight: nil, bias: nil, eps: eps), shift: shift, scale: scale)
+    }
+
+    public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
+        add(x, scaleChannels(y, by: gate))
+    }
+
+    public func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
+                           rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor) {
+        func one(_ x: Tensor, _ weight: Tensor) -> Tensor {
+            let s = shape(x)
+            let perHead = reshape(x, [s[0], s[1], heads, s[2] / heads])
+            var normed = rmsNorm(perHead, weight: weight, eps: eps)
+            if let table { normed = rope(normed, table) }
+            return reshape(normed, s)
+        }
+        return (one(q, qWeight), one(k, kWeight))
+    }
+
+    /// `linear` with no activation.
+    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        linear(x, weight: weight, bias: bias, activation: .none)
+    }
+
+    /// Splits the last dimension into `count` equal chunks.
+    public func chunk(_ x: Tensor, _ count: Int) -> [Tensor] {
+        let s = shape(x)
+        let axis = s.count - 1
+        let size = s[axis] / count
+        return (0..<count).map { slice(x, axis: axis, ($0 * size)..<(($0 + 1) * size)) }
+    }
+}

@@ -1,0 +1,68 @@
+/// A dense fp32 tensor in host memory, row-major (the last dimension is contiguous).
+///
+/// This is the exchange format between files, the pipeline and backends: every backend
+/// can take one in and give one back.
+public struct HostTensor: Equatable, Sendable {
+    public var shape: [Int]
+    public var data: [Float]
+
+    /// A tensor with the given shape and values; `data.count` must equal the product of `shape`.
+    public init(shape: [Int], data: [Float]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        precondition(shape.reduce(1, *) == data.count, "shape \(shape) does not match \(data.count) values")
+        self.shape = shape
+        self.data = data
+    }
+
+    /// A tensor filled with one value.
+    public init(shape: [Int], repeating value: Float = 0) {
+        self.init(shape: shape, data: [Float](repeating: value, count: shape.reduce(1, *)))
+    }
+
+    /// Number of elements.
+    public var count: Int { data.count }
+
+    /// The same values seen with another shape of equal element count.
+    public func reshaped(_ newShape: [Int]) -> HostTensor {
+        HostTensor(shape: newShape, data: data)
+    }
+
+    /// Permutes the dimensions: result dimension `i` is source dimension `order[i]`.
+    public func permuted(_ order: [Int]) -> HostTensor {
+        precondition(order.sorted() == Array(shape.indices), "bad permutation \(order) for rank \(shape.count)")
+        let newShape = order.map { shape[$0] }
+        var sourceStrides = [Int](repeating: 1, count: shape.count)
+        for axis in stride(from: shape.count - 2, through: 0, by: -1) {
+            sourceStrides[axis] = sourceStrides[axis + 1] * shape[axis + 1]
+        }
+        let strides = order.map { sourceStrides[$0] }
+        var result = [Float](repeating: 0, count: data.count)
+        var index = [Int](repeating: 0, count: newShape.count)
+        for flat in 0..<data.count {
+            var offset = 0
+            for axis in 0..<index.count { offset += index[axis] * strides[axis] }
+            result[flat] = data[offset]
+            var axis = newShape.count - 1
+            while axis >= 0 {
+                index[axis] += 1
+                if index[axis] < newShape[axis] { break }
+                index[axis] = 0
+                axis -= 1
+            }
+        }
+        return HostTensor(shape: newShape, data: result)
+    }
+
+    /// Relative error ‖a − b‖₂ / ‖b‖₂ of `self` against a reference.
+    public func relativeError(to reference: HostTensor) -> Double {
+        precondition(shape == reference.shape, "shape \(shape) vs reference \(reference.shape)")
+        var difference = 0.0
+        var norm = 0.0
+        for i in 0..<data.count {
+            let d = Double(data[i]) - Double(reference.data[i])
+            difference += d * d
+            norm += Double(reference.data[i]) * Double(reference.data[i])
+        }
+        return norm == 0 ? difference.squareRoot() : (difference / norm).squareRoot()
+    }
+}

@@ -1,0 +1,82 @@
+import KilnBackends
+
+/// One stream (image or text) of a double-stream block: its modulation, attention projections, norms and MLP.
+struct StreamWeights<B: Backend> {
+    let modulation: Modulation<B>
+    let qkv: Linear<B>
+    let queryNorm: B.Tensor
+    let keyNorm: B.Tensor
+    let projection: Linear<B>
+    let mlpIn: Linear<B>
+    let mlpOut: Linear<B>
+
+    init(_ loader: WeightLoader<B>, stream: String, config: FluxConfig) throws {
+        let h = config.hidden
+        modulation = try Modulation(loader.scoped("\(stream)_mod"), hidden: h, count: 2)
+        let attention = loader.scoped("\(stream)_attn")
+        qkv = try attention.linear("qkv", in: h, out: 3 * h)
+        queryNorm = try attention.vector("norm.query_norm.scale", count: config.headDim)
+        keyNorm = try attention.vector("norm.key_norm.scale", count: config.headDim)
+        projection = try attention.linear("proj", in: h, out: h)
+        mlpIn = try loader.linear("\(stream)_mlp.0", in: h, out: config.mlpHidden)
+        mlpOut = try loader.linear("\(stream)_mlp.2", in: config.mlpHidden, out: h)
+    }
+}
+
+/// A FLUX double-stream block: image and text tokens keep their own weights and meet in one joint attention.
+public struct DoubleStreamBlock<B: Backend> {
+    let image: StreamWeights<B>
+    let text: StreamWeights<B>
+    let heads: Int
+
+    /// Loads `double_blocks.N` (canonical BFL names).
+    public init(_ loader: WeightLoader<B>, config: FluxConfig) throws {
+        image = try StreamWeights(loader, stream: "img", config: config)
+        text = try StreamWeights(loader, stream: "txt", config: config)
+        heads = config.heads
+    }
+
+    /// Runs the block on image tokens `[B, N, hidden]` and text tokens `[B, T, hidden]`.
+    public func callAsFunction(image img: B.Tensor, text txt: B.Tensor, vec: B.Tensor,
+                               rope: FluxRotary<B.Tensor>?, _ backend: B) -> (image: B.Tensor, text: B.Tensor) {
+        let imageMod = image.modulation(vec, backend)
+        let textMod = text.modulation(vec, backend)
+
+        func projectQKV(_ x: B.Tensor, _ mod: ModulationVectors<B.Tensor>, _ stream: StreamWeights<B>) -> [B.Tensor] {
+            let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)
+            return backend.chunk(stream.qkv(normed, backend), 3)
+        }
+        let imageQKV = projectQKV(img, imageMod[0], image)
+        let textQKV = projectQKV(txt, textMod[0], text)
+        let textTokens = backend.shape(txt)[1]
+
+        // Rotary embedding is per position, so each stream takes its own rows of the joint table (text first).
+        let imageQK = backend.qkNormRoPE(q: imageQKV[0], k: imageQKV[1], qWeight: image.queryNorm, kWeight: image.keyNorm,
+                                         eps: 1e-6, heads: heads, rope: rope?.image)
+        let textQK = backend.qkNormRoPE(q: textQKV[0], k: textQKV[1], qWeight: text.queryNorm, kWeight: text.keyNorm,
+                                        eps: 1e-6, heads: heads, rope: rope?.text)
+        let q = backend.concat([textQK.q, imageQK.q], axis: 1)
+        let k = backend.concat([textQK.k, imageQK.k], axis: 1)
+        let v = backend.concat([textQKV[2], imageQKV[2]], axis: 1)
+        let attended = backend.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
+        let total = backend.shape(attended)[1]
+        let textAttention = backend.slice(attended, axis: 1, 0..<textTokens)
+        let imageAttention = backend.slice(attended, axis: 1, textTokens..<total)
+
+        func finish(_ x: B.Tensor, _ attention: B.Tensor, _ mod: [ModulationVectors<B.Tensor>], _ stream: StreamWeights<B>) -> B.Tensor {
+            var x = backend.gatedResidual(x, gate: mod[0].gate, stream.projection(attention, backend))
+            let normed = backend.layerNormModulate(x, shift: mod[1].shift, scale: mod[1].scale, eps: 1e-6)
+            let mlp = stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend)
+            x = backend.gatedResidual(x, gate: mod[1].gate, mlp)
+            return x
+        }
+        return (finish(img, imageAttention, imageMod, image), finish(txt, textAttention, textMod, text))
+    }
+}
+
+/// The rotary tables of one forward pass: the joint sequence (text then image) and its two parts.
+public struct FluxRotary<Tensor> {
+    public var joint: RotaryTable<Tensor>
+    public var text: RotaryTable<Tensor>
+    public var image: RotaryTable<Tensor>
+}

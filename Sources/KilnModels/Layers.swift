@@ -1,0 +1,105 @@
+import KilnBackends
+import KilnCore
+
+/// Supplies weights by the model's canonical tensor names.
+public protocol WeightSource {
+    /// Where the weights come from, for messages.
+    var origin: String { get }
+    /// The tensor with canonical name `name`, as fp32. Throws `KilnError.missingTensor` if absent.
+    func tensor(_ name: String) throws -> HostTensor
+}
+
+/// A weight source over a map of host tensors (random models, tests).
+public struct DictionaryWeights: WeightSource {
+    public var tensors: [String: HostTensor]
+    public var origin: String
+    public init(_ tensors: [String: HostTensor], origin: String) {
+        self.tensors = tensors
+        self.origin = origin
+    }
+    public func tensor(_ name: String) throws -> HostTensor {
+        guard let value = tensors[name] else { throw KilnError.missingTensor(name: name, file: origin) }
+        return value
+    }
+}
+
+/// A fully connected layer `y = x · Wᵀ + b`.
+public struct Linear<B: Backend> {
+    public let weight: B.Tensor
+    public let bias: B.Tensor?
+
+    public func callAsFunction(_ x: B.Tensor, _ backend: B, activation: Activation = .none) -> B.Tensor {
+        backend.linear(x, weight: weight, bias: bias, activation: activation)
+    }
+}
+
+/// A 2-D convolution with NHWC activations.
+public struct Conv2d<B: Backend> {
+    public let weight: B.Tensor
+    public let bias: B.Tensor?
+    public let stride: Int
+    public let padding: Padding
+
+    public func callAsFunction(_ x: B.Tensor, _ backend: B) -> B.Tensor {
+        backend.conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+    }
+}
+
+/// Affine parameters of a layer or group norm.
+public struct NormWeights<B: Backend> {
+    public let weight: B.Tensor
+    public let bias: B.Tensor
+}
+
+/// Reads weights below a name prefix, checks their shapes and hands them to the backend.
+public struct WeightLoader<B: Backend> {
+    public let backend: B
+    public let source: any WeightSource
+    public let prefix: String
+
+    public init(backend: B, source: any WeightSource, prefix: String = "") {
+        self.backend = backend
+        self.source = source
+        self.prefix = prefix
+    }
+
+    /// A loader for the names below `name.`.
+    public func scoped(_ name: String) -> WeightLoader {
+        WeightLoader(backend: backend, source: source, prefix: prefix + name + ".")
+    }
+
+    /// The host tensor `name` below the prefix, checked to have `shape`.
+    public func host(_ name: String, shape: [Int]) throws -> HostTensor {
+        let full = prefix + name
+        let value = try source.tensor(full)
+        guard value.shape == shape else { throw KilnError.wrongShape(name: full, expected: shape, found: value.shape) }
+        return value
+    }
+
+    /// A vector parameter (bias, norm scale) of `count` elements.
+    public func vector(_ name: String, count: Int) throws -> B.Tensor {
+        backend.weight(try host(name, shape: [count]), role: .vector)
+    }
+
+    /// A linear layer `name.weight` `[out, in]` and, if `bias`, `name.bias` `[out]`.
+    public func linear(_ name: String, in inputs: Int, out outputs: Int, bias: Bool = true) throws -> Linear<B> {
+        let scope = scoped(name)
+        return Linear(weight: backend.weight(try scope.host("weight", shape: [outputs, inputs]), role: .linear),
+                      bias: bias ? try scope.vector("bias", count: outputs) : nil)
+    }
+
+    /// A convolution `name.weight` stored OIHW in files, with bias, handed to the backend as `[O, kh, kw, I]`.
+    public func conv(_ name: String, in inputs: Int, out outputs: Int, kernel: Int, stride: Int = 1,
+                     padding: Padding) throws -> Conv2d<B> {
+        let scope = scoped(name)
+        let oihw = try scope.host("weight", shape: [outputs, inputs, kernel, kernel])
+        return Conv2d(weight: backend.weight(oihw.permuted([0, 2, 3, 1]), role: .convolution),
+                      bias: try scope.vector("bias", count: outputs), stride: stride, padding: padding)
+    }
+
+    /// Affine weights of a norm over `channels`.
+    public func norm(_ name: String, channels: Int) throws -> NormWeights<B> {
+        let scope = scoped(name)
+        return NormWeights(weight: try scope.vector("weight", count: channels), bias: try scope.vector("bias", count: channels))
+    }
+}
