@@ -5,8 +5,17 @@ import KilnCore
 public protocol WeightSource {
     /// Where the weights come from, for messages.
     var origin: String { get }
-    /// The tensor with canonical name `name`, as fp32. Throws `KilnError.missingTensor` if absent.
-    func tensor(_ name: String) throws -> HostTensor
+    /// The tensor with canonical name `name`, as fp32, which must have `shape`.
+    /// Throws `KilnError.missingTensor` if absent and `KilnError.wrongShape` if its shape differs.
+    func tensor(_ name: String, shape: [Int]) throws -> HostTensor
+}
+
+extension WeightSource {
+    /// Checks a loaded tensor's shape.
+    public func checked(_ value: HostTensor, _ name: String, _ shape: [Int]) throws -> HostTensor {
+        guard value.shape == shape else { throw KilnError.wrongShape(name: name, expected: shape, found: value.shape) }
+        return value
+    }
 }
 
 /// A weight source over a map of host tensors (random models, tests).
@@ -17,9 +26,9 @@ public struct DictionaryWeights: WeightSource {
         self.tensors = tensors
         self.origin = origin
     }
-    public func tensor(_ name: String) throws -> HostTensor {
+    public func tensor(_ name: String, shape: [Int]) throws -> HostTensor {
         guard let value = tensors[name] else { throw KilnError.missingTensor(name: name, file: origin) }
-        return value
+        return try checked(value, name, shape)
     }
 }
 
@@ -70,10 +79,7 @@ public struct WeightLoader<B: Backend> {
 
     /// The host tensor `name` below the prefix, checked to have `shape`.
     public func host(_ name: String, shape: [Int]) throws -> HostTensor {
-        let full = prefix + name
-        let value = try source.tensor(full)
-        guard value.shape == shape else { throw KilnError.wrongShape(name: full, expected: shape, found: value.shape) }
-        return value
+        try source.tensor(prefix + name, shape: shape)
     }
 
     /// A vector parameter (bias, norm scale) of `count` elements.

@@ -154,6 +154,11 @@ public struct FluxCheckpointWeights: WeightSource {
         return shape
     }
 
+    public func tensor(_ name: String, shape: [Int]) throws -> HostTensor {
+        try checked(try tensor(name), name, shape)
+    }
+
+    /// Canonical tensor `name` in whatever shape the file has.
     public func tensor(_ name: String) throws -> HostTensor {
         switch layout {
         case .bfl:

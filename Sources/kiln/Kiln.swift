@@ -1,0 +1,23 @@
+import ArgumentParser
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Kiln: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kiln",
+        abstract: "FLUX.1 text-to-image, natively.",
+        subcommands: [GenerateCommand.self, InspectCommand.self])
+}
+
+/// Runs a command body and turns Kiln's errors into one line on stderr and exit code 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as KilnError {
+        fputs("kiln: error: \(error)\n", stderr)
+        throw ExitCode(1)
+    }
+}
