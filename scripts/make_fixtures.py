@@ -162,9 +162,30 @@ def assert_model_holds(model: nn.Module, fp32_state: dict, what: str) -> None:
 
 
 def save_tensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
-    out = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in tensors.items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    save_file(out, path, metadata=meta)
+    """Write float32 tensors as safetensors with a byte-for-byte reproducible header.
+
+    safetensors' own writer emits __metadata__ in hash-map order, which changes from run to run; this writes the
+    same format (8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the data)
+    with sorted keys, so re-running the script gives identical files.
+    """
+    out = {k: v.detach().to(torch.float32).contiguous() for k, v in sorted(tensors.items())}
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in sorted(metadata.items())}
+    for k, v in out.items():
+        data = v.numpy().astype("<f4").tobytes()
+        header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    back = load_file(path)
+    assert set(back) == set(out) and all(torch.equal(back[k], out[k]) for k in out)
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
