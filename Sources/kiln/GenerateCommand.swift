@@ -66,19 +66,10 @@ struct GenerateCommand: ParsableCommand {
             if let prompt, prompt.isEmpty, promptEmbeds == nil {
                 throw KilnError.invalidArgument("the prompt is empty")
             }
-            let backend = CPUBackend()
-            let pipeline: TextToImagePipeline<CPUBackend>
             var options = GenerationOptions()
-            let tiny = model == nil
-            if let model {
-                let files = try ModelFiles(path: model, vaePath: vae)
-                pipeline = try TextToImagePipeline(files: files, backend: backend)
-                fputs("kiln: \(files.layout.rawValue) FLUX.1-\(files.variant) from \(model)\n", stderr)
-            } else {
-                pipeline = try TinyModel.pipeline(backend: backend)
+            if model == nil {
                 options.width = 256
                 options.height = 256
-                fputs("kiln: no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)\n", stderr)
             }
             options.width = width ?? options.width
             options.height = height ?? options.height
@@ -88,15 +79,26 @@ struct GenerateCommand: ParsableCommand {
             options.batch = batch
             try options.validate()
 
+            // Everything that can fail on bad input is read before any work starts.
+            let backend = CPUBackend()
+            let pipeline: TextToImagePipeline<CPUBackend>
+            let description: String
+            if let model {
+                let files = try ModelFiles(path: model, vaePath: vae)
+                pipeline = try TextToImagePipeline(files: files, backend: backend)
+                description = "\(files.layout.rawValue) FLUX.1-\(files.variant) from \(model)"
+            } else {
+                pipeline = try TinyModel.pipeline(backend: backend)
+                description = "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
+            }
             let embeddings: PromptEmbeddings
             if let promptEmbeds {
                 embeddings = try loadPromptEmbeddings(promptEmbeds, batch: batch)
-            } else if tiny {
+            } else if model == nil {
                 embeddings = TinyModel.promptEmbeddings(for: prompt ?? "", batch: batch)
             } else {
                 throw KilnError.unsupported("text encoders are not available yet: pass --prompt-embeds FILE")
             }
-
             let noise: HostTensor
             if let latents {
                 let (h, w) = options.latentSize
@@ -104,6 +106,7 @@ struct GenerateCommand: ParsableCommand {
             } else {
                 noise = pipeline.initialNoise(options)
             }
+            fputs("kiln: \(description)\n", stderr)
 
             let bar = ProgressBar(label: "denoising")
             let final = try pipeline.denoise(latents: noise, prompt: embeddings, options: options) { bar.update($0, of: $1) }

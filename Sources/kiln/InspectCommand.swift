@@ -24,8 +24,10 @@ struct InspectCommand: ParsableCommand {
             print("variant: \(files.variant)")
             print("transformer: hidden \(config.hidden) (\(config.heads) heads × \(config.headDim)), \(config.doubleBlocks) double + \(config.singleBlocks) single blocks, joint dim \(config.jointDim), pooled dim \(config.pooledDim), RoPE axes \(config.axesDim)")
             print("vae: channels \(vaeConfig.blockChannels), \(vaeConfig.layersPerBlock) layers per block, \(vaeConfig.latentChannels) latent channels, \(vaeConfig.groups) groups, scaling \(vaeConfig.scalingFactor), shift \(vaeConfig.shiftFactor)")
-            print("parameters: \(report.parameters) (\(InspectCommand.billions(report.parameters)))")
-            print("dtypes: " + report.dtypes.sorted { $0.key < $1.key }.map { "\($0.key) × \($0.value)" }.joined(separator: ", "))
+            for part in report.parts {
+                let dtypes = part.dtypes.sorted { $0.key < $1.key }.map { "\($0.key) × \($0.value)" }.joined(separator: ", ")
+                print("\(part.name) parameters: \(part.parameters) (\(InspectCommand.millions(part.parameters))), dtypes: \(dtypes)")
+            }
             print("missing or misshapen tensors: \(report.missing.isEmpty ? "none" : String(report.missing.count))")
             for finding in report.missing { print("  \(finding)") }
             print("unexpected tensors: \(report.unexpected.isEmpty ? "none" : String(report.unexpected.count))")
@@ -33,9 +35,13 @@ struct InspectCommand: ParsableCommand {
         }
     }
 
-    static func billions(_ count: Int) -> String {
-        let millions = Double(count) / 1e6
-        return millions >= 1000 ? "\(Int((millions / 10).rounded()) / 100).\(Int((millions / 10).rounded()) % 100) B"
-            : "\(Int(millions.rounded())) M"
+    /// "11.90 B" or "84 M".
+    static func millions(_ count: Int) -> String {
+        let hundredthsOfBillions = Int((Double(count) / 1e7).rounded())
+        if hundredthsOfBillions >= 100 {
+            let fraction = hundredthsOfBillions % 100
+            return "\(hundredthsOfBillions / 100).\(fraction < 10 ? "0" : "")\(fraction) B"
+        }
+        return "\(Int((Double(count) / 1e6).rounded())) M"
     }
 }

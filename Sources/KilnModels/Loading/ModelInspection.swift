@@ -10,8 +10,14 @@ public struct ModelInspection {
         public var description: String { "\(name): \(problem)" }
     }
 
-    public var parameters = 0
-    public var dtypes: [String: Int] = [:]
+    /// Size and storage of one checkpoint.
+    public struct Part {
+        public var name: String
+        public var parameters = 0
+        public var dtypes: [String: Int] = [:]
+    }
+
+    public var parts: [Part] = []
     public var missing: [Finding] = []
     public var unexpected: [String] = []
 
@@ -29,7 +35,7 @@ public struct ModelInspection {
                 missing.append(Finding(name: absent.first ?? name, problem: "missing"))
             }
         }
-        count(transformer.checkpoint)
+        count("transformer", transformer.checkpoint)
         unexpected += transformer.checkpoint.names.filter { !used.contains($0) }
 
         // The VAE's expected names come from loading it against a source that records requests.
@@ -49,16 +55,18 @@ public struct ModelInspection {
                 missing.append(Finding(name: fileName, problem: "missing"))
             }
         }
-        count(files.vae.checkpoint)
+        count("vae", files.vae.checkpoint)
         unexpected += files.vae.checkpoint.names.filter { !vaeUsed.contains($0) }
     }
 
-    mutating func count(_ checkpoint: Checkpoint) {
+    mutating func count(_ part: String, _ checkpoint: Checkpoint) {
+        var summary = Part(name: part)
         for name in checkpoint.names {
             guard let info = checkpoint.info(name) else { continue }
-            parameters += info.count
-            dtypes[info.dtype.rawValue, default: 0] += 1
+            summary.parameters += info.count
+            summary.dtypes[info.dtype.rawValue, default: 0] += 1
         }
+        parts.append(summary)
     }
 }
 

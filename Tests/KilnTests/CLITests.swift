@@ -1,0 +1,171 @@
+import Foundation
+import KilnCore
+import XCTest
+
+/// The `kiln` executable end to end: the default run, fixture reproduction through the documented options, and every
+/// kind of bad input rejected with a non-zero exit and one clear line on stderr.
+final class CLITests: XCTestCase {
+    var directory = ""
+
+    override func setUp() { directory = Fixtures.temporaryDirectory() }
+
+    /// The `kiln` binary built beside this test bundle.
+    static let executable: String = {
+        let bundle = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        return bundle.appendingPathComponent("kiln").path
+    }()
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    func kiln(_ arguments: [String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.executable)
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+        let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+                      stderr: String(decoding: stderrData, as: UTF8.self))
+    }
+
+    /// Asserts a clean rejection: exit code 1 (not a crash) and exactly one stderr line that mentions `fragment`.
+    func assertRejected(_ arguments: [String], mentioning fragment: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let result = try kiln(arguments)
+        XCTAssertEqual(result.status, 1, "exit status for \(arguments): \(result.stderr)", file: file, line: line)
+        let lines = result.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "stderr should be one line: \(result.stderr)", file: file, line: line)
+        XCTAssertTrue(result.stderr.contains("kiln: error: ") && result.stderr.contains(fragment),
+                      "'\(result.stderr)' should mention '\(fragment)'", file: file, line: line)
+    }
+
+    func testDefaultRunWritesAPNG() throws {
+        let out = directory + "/tiny.png"
+        let result = try kiln(["generate", "--out", out, "--steps", "2", "--width", "64", "--height", "80"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stderr.contains("RANDOM-WEIGHT"))
+        let png = try FileIO.read(out)
+        XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        // IHDR: width 64, height 80; one stored deflate block of 80 filtered rows.
+        XCTAssertEqual(Array(png[16..<24]), [0, 0, 0, 64, 0, 0, 0, 80])
+        XCTAssertEqual(png.count, 8 + 25 + (12 + 2 + 5 + 80 * (1 + 64 * 3) + 4) + 12)
+    }
+
+    /// `--latents`, `--prompt-embeds` and `--save-latents` reproduce diffusers for both variants and layouts.
+    func testReproducesDiffusersThroughTheCommandLine() throws {
+        let cases = [("tiny-flux-dev", "pipeline_dev_96x160"), ("bfl/flux1-tiny-dev.safetensors", "pipeline_dev_128x128"),
+                     ("tiny-flux-schnell", "pipeline_schnell_128x128"), ("bfl/flux1-tiny-schnell.safetensors", "pipeline_schnell_96x160")]
+        for (model, reference) in cases {
+            let referencePath = Fixtures.path("reference/\(reference).safetensors")
+            let ref = try Checkpoint(path: referencePath)
+            let saved = directory + "/\(reference).safetensors"
+            let result = try kiln(["generate", "--model", Fixtures.path(model), "--latents", referencePath,
+                                   "--prompt-embeds", referencePath, "--save-latents", saved,
+                                   "--width", ref.metadata["width"]!, "--height", ref.metadata["height"]!,
+                                   "--steps", ref.metadata["steps"]!, "--guidance", "3.5", "--out", directory + "/\(reference).png"])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            assertClose(try Checkpoint(path: saved).tensor("latents"), try ref.tensor("final_latents"),
+                        tolerance: 1e-3, "CLI \(model) \(reference)")
+        }
+    }
+
+    func testInspectReportsBothLayouts() throws {
+        let diffusers = try kiln(["inspect", Fixtures.path("tiny-flux-dev")])
+        XCTAssertEqual(diffusers.status, 0, diffusers.stderr)
+        XCTAssertTrue(diffusers.stdout.contains("layout: diffusers"))
+        XCTAssertTrue(diffusers.stdout.contains("variant: dev"))
+        XCTAssertTrue(diffusers.stdout.contains("missing or misshapen tensors: none"))
+        XCTAssertTrue(diffusers.stdout.contains("unexpected tensors: none"))
+        let bfl = try kiln(["inspect", Fixtures.path("bfl/flux1-tiny-schnell.safetensors")])
+        XCTAssertEqual(bfl.status, 0, bfl.stderr)
+        XCTAssertTrue(bfl.stdout.contains("layout: bfl-single-file"))
+        XCTAssertTrue(bfl.stdout.contains("variant: schnell"))
+        XCTAssertTrue(bfl.stdout.contains("transformer parameters: 555616 (1 M), dtypes: F16 × 48"), bfl.stdout)
+    }
+
+    /// A copy of the BFL dev model whose transformer file is rewritten by `edit`, with `ae.safetensors` beside it.
+    func editedModel(_ edit: (inout [SafeTensorsWriter.Entry]) -> Void) throws -> String {
+        let source = try SafeTensorsFile(path: Fixtures.path("bfl/flux1-tiny-dev.safetensors"))
+        var entries = try source.names.map { SafeTensorsWriter.Entry($0, try source.tensor($0), as: .bf16) }
+        edit(&entries)
+        let path = directory + "/flux1-edited.safetensors"
+        try SafeTensorsWriter.write(entries, to: path)
+        try FileManager.default.copyItem(atPath: Fixtures.path("bfl/ae.safetensors"), toPath: directory + "/ae.safetensors")
+        return path
+    }
+
+    func testMissingTensorIsRejected() throws {
+        let model = try editedModel { $0.removeAll { $0.name == "double_blocks.1.txt_mlp.2.weight" } }
+        try assertRejected(["generate", "--model", model, "--prompt-embeds", Fixtures.path("reference/pipeline_dev_128x128.safetensors")],
+                           mentioning: "'double_blocks.1.txt_mlp.2.weight' is missing")
+        let inspect = try kiln(["inspect", model])
+        XCTAssertTrue(inspect.stdout.contains("double_blocks.1.txt_mlp.2.weight: missing"), inspect.stdout)
+    }
+
+    func testWrongShapeIsRejected() throws {
+        let model = try editedModel { entries in
+            let i = entries.firstIndex { $0.name == "single_blocks.0.linear2.bias" }!
+            entries[i].tensor = HostTensor(shape: [3], data: [1, 2, 3])
+        }
+        try assertRejected(["generate", "--model", model, "--prompt-embeds", Fixtures.path("reference/pipeline_dev_128x128.safetensors")],
+                           mentioning: "'single_blocks.0.linear2.bias' has shape [3], expected [64]")
+    }
+
+    func testCorruptFilesAreRejected() throws {
+        let good = try FileIO.read(Fixtures.path("bfl/flux1-tiny-dev.safetensors"))
+        try FileManager.default.copyItem(atPath: Fixtures.path("bfl/ae.safetensors"), toPath: directory + "/ae.safetensors")
+        let path = directory + "/flux1-bad.safetensors"
+        let embeds = Fixtures.path("reference/pipeline_dev_128x128.safetensors")
+
+        try FileIO.write(Array(good.prefix(good.count / 2)), to: path)
+        try assertRejected(["generate", "--model", path, "--prompt-embeds", embeds], mentioning: "truncated")
+
+        var garbled = good
+        for i in 8..<40 { garbled[i] = 0x7B }
+        try FileIO.write(garbled, to: path)
+        try assertRejected(["inspect", path], mentioning: "not valid JSON")
+
+        // Same header length, but a tensor's end offset now points past the data.
+        let headerLength = Int(good[0]) | Int(good[1]) << 8 | Int(good[2]) << 16
+        var header = String(decoding: good[8..<(8 + headerLength)], as: UTF8.self)
+        let dataLength = good.count - 8 - headerLength
+        let lastOffset = "\(dataLength)]"
+        XCTAssertTrue(header.contains(lastOffset))
+        header = header.replacingOccurrences(of: lastOffset, with: "\(dataLength + 2)]")
+        var lying = Array(good.prefix(8)) + Array(header.utf8) + Array(good[(8 + headerLength)...])
+        let grown = header.utf8.count
+        for i in 0..<8 { lying[i] = UInt8((grown >> (8 * i)) & 0xFF) }
+        try FileIO.write(lying, to: path)
+        try assertRejected(["generate", "--model", path, "--prompt-embeds", embeds], mentioning: "past the end")
+
+        let unknown = header.replacingOccurrences(of: "\"BF16\"", with: "\"I32\"")
+        var typed = Array(good.prefix(8)) + Array(unknown.utf8) + Array(good[(8 + headerLength)...])
+        for i in 0..<8 { typed[i] = UInt8((unknown.utf8.count >> (8 * i)) & 0xFF) }
+        try FileIO.write(typed, to: path)
+        try assertRejected(["inspect", path], mentioning: "unsupported dtype I32")
+    }
+
+    func testBadOptionsAreRejected() throws {
+        try assertRejected(["generate", "--width", "100"], mentioning: "width 100 is not a multiple of 16")
+        try assertRejected(["generate", "--height", "8192"], mentioning: "height 8192 is outside 64...4096")
+        try assertRejected(["generate", "--width", "48"], mentioning: "width 48 is outside")
+        try assertRejected(["generate", "--steps", "0"], mentioning: "steps must be between 1 and 1000")
+        try assertRejected(["generate", "--device", "tpu"], mentioning: "unknown device 'tpu'")
+        try assertRejected(["generate", "--device", "cuda"], mentioning: "--device cuda is not available yet")
+        try assertRejected(["generate", "--prompt", ""], mentioning: "the prompt is empty")
+        try assertRejected(["generate", "--model", directory + "/nowhere"], mentioning: "cannot read")
+        try assertRejected(["inspect", directory], mentioning: "not a diffusers FLUX folder")
+        try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev")], mentioning: "--prompt-embeds")
+        try assertRejected(["generate", "--latents", Fixtures.path("reference/pipeline_dev_96x160.safetensors"),
+                            "--width", "128", "--height", "128"],
+                           mentioning: "'latents' has shape [1, 16, 12, 20], expected [1, 16, 16, 16]")
+    }
+}
