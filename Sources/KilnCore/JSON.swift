@@ -247,3 +247,24 @@ struct JSONParser {
         return value
     }
 }
+
+extension JSON {
+    /// Member `key` of a config object as a positive integer, or `fallback` when absent.
+    /// A present value that is not a positive integer is an error naming the file.
+    public func positiveInt(_ key: String, default fallback: Int, in path: String) throws -> Int {
+        guard let value = self[key] else { return fallback }
+        guard let number = value.int, number > 0 else {
+            throw KilnError.corruptFile(path: path, reason: "'\(key)' is \(value.serialized), expected a positive integer")
+        }
+        return number
+    }
+
+    /// Member `key` of a config object as a finite number, or `fallback` when absent.
+    public func finiteNumber(_ key: String, default fallback: Double, in path: String) throws -> Double {
+        guard let value = self[key] else { return fallback }
+        guard let number = value.number, number.isFinite else {
+            throw KilnError.corruptFile(path: path, reason: "'\(key)' is \(value.serialized), expected a number")
+        }
+        return number
+    }
+}

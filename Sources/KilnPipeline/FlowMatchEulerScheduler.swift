@@ -28,13 +28,7 @@ public struct SchedulerConfig: Equatable, Sendable {
 
     /// Reads `scheduler_config.json`.
     public init(json: JSON, path: String) throws {
-        func number(_ key: String, _ fallback: Double) throws -> Double {
-            guard let value = json[key] else { return fallback }
-            guard let n = value.number, n.isFinite else {
-                throw KilnError.corruptFile(path: path, reason: "'\(key)' is \(value.serialized), expected a number")
-            }
-            return n
-        }
+        func number(_ key: String, _ fallback: Double) throws -> Double { try json.finiteNumber(key, default: fallback, in: path) }
         trainTimesteps = Int(try number("num_train_timesteps", 1000))
         shift = try number("shift", 1)
         useDynamicShifting = json["use_dynamic_shifting"]?.bool ?? false

@@ -34,13 +34,7 @@ public struct FluxConfig: Equatable, Sendable {
 
     /// Reads a diffusers `transformer/config.json`.
     public init(diffusersConfig json: JSON, path: String) throws {
-        func int(_ key: String, _ fallback: Int) throws -> Int {
-            guard let value = json[key] else { return fallback }
-            guard let number = value.int, number > 0 else {
-                throw KilnError.corruptFile(path: path, reason: "'\(key)' is \(value.serialized), expected a positive integer")
-            }
-            return number
-        }
+        func int(_ key: String, _ fallback: Int) throws -> Int { try json.positiveInt(key, default: fallback, in: path) }
         inChannels = try int("in_channels", 64)
         heads = try int("num_attention_heads", 24)
         headDim = try int("attention_head_dim", 128)

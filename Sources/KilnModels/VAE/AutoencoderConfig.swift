@@ -18,13 +18,7 @@ public struct AutoencoderConfig: Equatable, Sendable {
 
     /// Reads a diffusers `vae/config.json`.
     public init(diffusersConfig json: JSON, path: String) throws {
-        func int(_ key: String, _ fallback: Int) throws -> Int {
-            guard let value = json[key] else { return fallback }
-            guard let number = value.int, number > 0 else {
-                throw KilnError.corruptFile(path: path, reason: "'\(key)' is \(value.serialized), expected a positive integer")
-            }
-            return number
-        }
+        func int(_ key: String, _ fallback: Int) throws -> Int { try json.positiveInt(key, default: fallback, in: path) }
         if let channels = json["block_out_channels"]?.array {
             blockChannels = try channels.map {
                 guard let n = $0.int, n > 0 else { throw KilnError.corruptFile(path: path, reason: "bad block_out_channels") }
