@@ -22,15 +22,19 @@ let package = Package(
         .target(name: "KilnText", dependencies: ["KilnCore", "KilnBackends", "KilnModels"]),
         // Pipeline: scheduler, noise, text-to-image loop, progress.
         .target(name: "KilnPipeline", dependencies: ["KilnCore", "KilnBackends", "KilnModels", "KilnText"]),
+        // CUDA: run-time binding of the driver, NVRTC and cuBLASLt (C, dlopen), and the CUDA backend over it.
+        .target(name: "CKilnCUDA", linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "KilnCUDA", dependencies: ["CKilnCUDA", "KilnCore", "KilnBackends"], exclude: ["Kernels"]),
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnBackends", "KilnModels", "KilnText", "KilnPipeline",
+                "KilnCore", "KilnBackends", "KilnModels", "KilnText", "KilnPipeline", "KilnCUDA",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(
             name: "KilnTests",
             dependencies: ["KilnCore", "KilnBackends", "KilnModels", "KilnPipeline"]),
+        .testTarget(name: "KilnCUDATests", dependencies: ["KilnCUDA", "KilnCore", "KilnBackends"]),
         .testTarget(name: "KilnTextTests", dependencies: ["KilnCore", "KilnText"]),
     ],
     swiftLanguageModes: [.v5]

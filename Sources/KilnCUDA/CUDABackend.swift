@@ -1,0 +1,577 @@
+import CKilnCUDA
+import KilnBackends
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Element type of a device tensor.
+public enum DeviceType: Sendable {
+    case bf16, fp8, f32
+    public var size: Int { self == .fp8 ? 1 : self == .bf16 ? 2 : 4 }
+}
+
+/// A block of device memory from a `DevicePool`, returned to it when released.
+public final class DeviceStorage: @unchecked Sendable {
+    public let pointer: CUdeviceptr
+    public let bytes: Int
+    weak var pool: DevicePool?
+
+    init(pointer: CUdeviceptr, bytes: Int, pool: DevicePool?) {
+        (self.pointer, self.bytes, self.pool) = (pointer, bytes, pool)
+    }
+
+    deinit { pool?.release(pointer, bytes) }
+}
+
+/// A caching allocator over device memory: blocks are rounded to size classes and reused, so after the first pass
+/// through a model (or a step) no further driver allocation happens: the memory a step needs is planned by its
+/// first run. `poison` fills every handed-out block with NaNs (bf16 0xFFFF), for conformance tests.
+public final class DevicePool: @unchecked Sendable {
+    private var free: [Int: [CUdeviceptr]] = [:]
+    private var owned: [DeviceBuffer] = []
+    public private(set) var driverAllocations = 0
+    public private(set) var reservedBytes = 0
+    public var poison = false
+    let stream: CUDAStream
+
+    init(stream: CUDAStream) { self.stream = stream }
+
+    /// Size class: multiples of 512 bytes up to 1 MiB, of 2 MiB above.
+    public static func sizeClass(_ bytes: Int) -> Int {
+        let b = max(bytes, 1)
+        return b <= 1 << 20 ? (b + 511) / 512 * 512 : (b + (2 << 20) - 1) / (2 << 20) * (2 << 20)
+    }
+
+    public func allocate(_ bytes: Int) throws -> DeviceStorage {
+        let size = DevicePool.sizeClass(bytes)
+        let pointer: CUdeviceptr
+        if var list = free[size], let p = list.popLast() {
+            free[size] = list
+            pointer = p
+        } else {
+            let buffer = try DeviceBuffer(bytes: size)
+            owned.append(buffer)
+            driverAllocations += 1
+            reservedBytes += size
+            pointer = buffer.pointer
+        }
+        if poison { try DeviceCopy.fill16(pointer, value: 0xFFFF, count: size / 2, stream: stream) }
+        return DeviceStorage(pointer: pointer, bytes: size, pool: self)
+    }
+
+    func release(_ pointer: CUdeviceptr, _ bytes: Int) { free[bytes, default: []].append(pointer) }
+}
+
+/// A tensor on the GPU: row-major, contiguous, BF16 for activations (FP8 with per-row fp32 scales for quantized
+/// linear weights and activations).
+public struct CUDATensor {
+    public let storage: DeviceStorage
+    public let offset: Int
+    public let shape: [Int]
+    public let type: DeviceType
+    /// FP8: one fp32 scale per row (the last dimension is the row).
+    public let scales: DeviceStorage?
+
+    public var pointer: CUdeviceptr { storage.pointer + CUdeviceptr(offset) }
+    public var count: Int { shape.reduce(1, *) }
+    public var bytes: Int { count * type.size }
+}
+
+/// The CUDA backend: BF16 activations, NVRTC kernels, cuBLASLt GEMMs (BF16 or FP8), own flash attention.
+public final class CUDABackend: Backend {
+    public typealias Tensor = CUDATensor
+
+    public let device: CUDADevice
+    public let stream: CUDAStream
+    public let compiler: KernelCompiler
+    public let lt: CuBLASLt
+    public let pool: DevicePool
+    public let tuner: GemmTuner
+    /// Precision of linear layers: weights loaded for `.linear` are quantized to FP8 when `.fp8`.
+    public let linearPrecision: GemmPrecision
+    /// Time the heuristic's top candidates the first time a GEMM shape is seen (else take the heuristic's first).
+    public var autotune = true
+    private var modules: [String: KernelModule] = [:]
+    private var plans: [GemmKey: GemmPlan] = [:]
+    /// Seconds spent compiling or loading kernels, per family.
+    public private(set) var kernelLoadSeconds: [String: Double] = [:]
+
+    public init(device: CUDADevice? = nil, linearPrecision: GemmPrecision = .bf16) throws {
+        self.device = try device ?? CUDADevice()
+        try self.device.makeCurrent()
+        stream = try CUDAStream()
+        compiler = try KernelCompiler(arch: self.device.arch)
+        lt = try CuBLASLt()
+        pool = DevicePool(stream: stream)
+        let cache = GemmPlanCache(path: GemmPlanCache.defaultPath(gpuTag: self.device.cacheTag, cublasLtVersion: lt.version),
+                                  gpu: self.device.name, cublasLtVersion: lt.version)
+        tuner = GemmTuner(lt: lt, cache: cache)
+        self.linearPrecision = linearPrecision
+    }
+
+    public var name: String { "cuda" }
+
+    // MARK: plumbing
+
+    func fail(_ error: Error) -> Never {
+        fputs("kiln: CUDA backend: \(error)\n", stderr)
+        exit(1)
+    }
+
+    func attempt<T>(_ body: () throws -> T) -> T {
+        do { return try body() } catch { fail(error) }
+    }
+
+    /// The module of a kernel family, compiled (or read from the cache) on first use.
+    public func module(_ family: String) throws -> KernelModule {
+        if let m = modules[family] { return m }
+        let start = monotonicSeconds()
+        let source = try KernelSources.load(family, in: compiler.sourceFolder)
+        let result = try compiler.cubin(for: source)
+        let m = try KernelModule(name: family, cubin: result.cubin)
+        modules[family] = m
+        kernelLoadSeconds[family] = monotonicSeconds() - start
+        return m
+    }
+
+    func launchKernel(_ family: String, _ symbol: String, grid: (Int, Int, Int), block: (Int, Int, Int), shared: Int = 0,
+                      _ configure: (inout KernelArguments) -> Void) throws {
+        let f = try module(family).function(symbol)
+        var args = KernelArguments()
+        configure(&args)
+        try launch(f, grid: grid, block: block, sharedBytes: shared, stream: stream, name: symbol, args)
+    }
+
+    /// Grid for a grid-stride elementwise kernel over `n` elements.
+    func elementwiseGrid(_ n: Int) -> (Int, Int, Int) { (max(1, min((n + 255) / 256, device.multiprocessors * 16)), 1, 1) }
+
+    public func empty(_ shape: [Int], _ type: DeviceType = .bf16) throws -> CUDATensor {
+        let count = shape.reduce(1, *)
+        let scales = type == .fp8 ? try pool.allocate(max(1, count / max(1, shape.last ?? 1)) * 4) : nil
+        return CUDATensor(storage: try pool.allocate(count * type.size), offset: 0, shape: shape, type: type, scales: scales)
+    }
+
+    func nullable(_ t: CUDATensor?) -> CUdeviceptr { t?.pointer ?? 0 }
+
+    func requireBF16(_ ts: CUDATensor..., op: String) {
+        for t in ts where t.type != .bf16 { fail(KilnError.invalidArgument("\(op): expects BF16 tensors, got \(t.type) \(t.shape)")) }
+    }
+
+    public func synchronize() throws { try stream.synchronize() }
+
+    // MARK: data movement
+
+    public func upload(_ host: HostTensor) throws -> CUDATensor {
+        let out = try empty(host.shape)
+        var bits = host.data.map { NumberFormats.floatToBF16($0) }
+        try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: out.pointer, bytes: $0.count, stream: stream) }
+        try stream.synchronize()
+        return out
+    }
+
+    public func download(_ t: CUDATensor) throws -> HostTensor {
+        try stream.synchronize()
+        switch t.type {
+        case .bf16:
+            var bits = [UInt16](repeating: 0, count: t.count)
+            try bits.withUnsafeMutableBytes { try DeviceCopy.download(t.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
+            try stream.synchronize()
+            return HostTensor(shape: t.shape, data: bits.map(NumberFormats.bf16ToFloat))
+        case .f32:
+            var values = [Float](repeating: 0, count: t.count)
+            try values.withUnsafeMutableBytes { try DeviceCopy.download(t.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
+            try stream.synchronize()
+            return HostTensor(shape: t.shape, data: values)
+        case .fp8:
+            let (codes, scales) = try downloadFP8(t)
+            let row = t.shape.last ?? 1
+            let table = (0..<256).map { NumberFormats.e4m3ToFloat(UInt8($0)) }
+            return HostTensor(shape: t.shape, data: codes.enumerated().map { table[Int($0.element)] * scales[$0.offset / row] })
+        }
+    }
+
+    /// FP8 codes and per-row scales of an FP8 tensor.
+    public func downloadFP8(_ t: CUDATensor) throws -> (codes: [UInt8], scales: [Float]) {
+        try stream.synchronize()
+        var codes = [UInt8](repeating: 0, count: t.count)
+        var scales = [Float](repeating: 0, count: t.count / max(1, t.shape.last ?? 1))
+        try codes.withUnsafeMutableBytes { try DeviceCopy.download(t.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
+        try scales.withUnsafeMutableBytes { try DeviceCopy.download(t.scales!.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
+        try stream.synchronize()
+        return (codes, scales)
+    }
+
+    public func tensor(_ host: HostTensor) -> CUDATensor { attempt { try upload(host) } }
+
+    public func weight(_ host: HostTensor, role: WeightRole) -> CUDATensor {
+        attempt {
+            let t = try upload(host)
+            if role == .linear && linearPrecision == .fp8 { return try quantizeRows(t) }
+            return t
+        }
+    }
+
+    public func host(_ tensor: CUDATensor) -> HostTensor { attempt { try download(tensor) } }
+
+    public func shape(_ tensor: CUDATensor) -> [Int] { tensor.shape }
+
+    // MARK: layout
+
+    public func reshape(_ x: CUDATensor, _ shape: [Int]) -> CUDATensor {
+        precondition(shape.reduce(1, *) == x.count, "reshape \(x.shape) to \(shape)")
+        return CUDATensor(storage: x.storage, offset: x.offset, shape: shape, type: x.type, scales: x.scales)
+    }
+
+    func copyRows(dst: CUdeviceptr, dstStride: Int, src: CUdeviceptr, srcStride: Int, rows: Int, cols: Int) throws {
+        try launchKernel("elementwise", "copy_rows_bf16", grid: elementwiseGrid(rows * cols), block: (256, 1, 1)) {
+            $0.add(dst); $0.add(UInt64(dstStride)); $0.add(src); $0.add(UInt64(srcStride)); $0.add(UInt64(rows)); $0.add(UInt64(cols))
+        }
+    }
+
+    public func concat(_ parts: [CUDATensor], axis: Int) -> CUDATensor {
+        attempt {
+            let first = parts[0].shape
+            for p in parts { requireBF16(p, op: "concat") }
+            let outer = first[..<axis].reduce(1, *)
+            let inner = first[(axis + 1)...].reduce(1, *)
+            var shape = first
+            shape[axis] = parts.reduce(0) { $0 + $1.shape[axis] }
+            let out = try empty(shape)
+            let total = shape[axis] * inner
+            var column = 0
+            for p in parts {
+                precondition(p.shape.count == first.count && Array(p.shape[..<axis]) == Array(first[..<axis])
+                    && Array(p.shape[(axis + 1)...]) == Array(first[(axis + 1)...]), "concat shapes on axis \(axis)")
+                let block = p.shape[axis] * inner
+                try copyRows(dst: out.pointer + CUdeviceptr(column * 2), dstStride: total, src: p.pointer, srcStride: block, rows: outer, cols: block)
+                column += block
+            }
+            return out
+        }
+    }
+
+    public func slice(_ x: CUDATensor, axis: Int, _ range: Range<Int>) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "slice")
+            precondition(range.lowerBound >= 0 && range.upperBound <= x.shape[axis], "slice \(range) of axis \(axis) in \(x.shape)")
+            let outer = x.shape[..<axis].reduce(1, *)
+            let inner = x.shape[(axis + 1)...].reduce(1, *)
+            var shape = x.shape
+            shape[axis] = range.count
+            if outer == 1 {  // contiguous: a view
+                return CUDATensor(storage: x.storage, offset: x.offset + range.lowerBound * inner * 2, shape: shape, type: .bf16, scales: nil)
+            }
+            let out = try empty(shape)
+            try copyRows(dst: out.pointer, dstStride: range.count * inner, src: x.pointer + CUdeviceptr(range.lowerBound * inner * 2),
+                         srcStride: x.shape[axis] * inner, rows: outer, cols: range.count * inner)
+            return out
+        }
+    }
+
+    // MARK: elementwise
+
+    public func add(_ a: CUDATensor, _ b: CUDATensor) -> CUDATensor { addScaled(a, b, alpha: 1) }
+
+    public func addScaled(_ x: CUDATensor, _ y: CUDATensor, alpha: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, y, op: "add")
+            precondition(x.shape == y.shape, "add: shapes \(x.shape) and \(y.shape)")
+            let out = try empty(x.shape)
+            try launchKernel("elementwise", "add_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(y.pointer); $0.add(alpha); $0.add(UInt64(x.count))
+            }
+            return out
+        }
+    }
+
+    public func affine(_ x: CUDATensor, scale a: Float, shift b: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "affine")
+            let out = try empty(x.shape)
+            try launchKernel("elementwise", "affine_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(a); $0.add(b); $0.add(UInt64(x.count))
+            }
+            return out
+        }
+    }
+
+    static func activationCode(_ kind: Activation) -> Int32 {
+        switch kind {
+        case .none: return 0
+        case .silu: return 1
+        case .geluTanh: return 2
+        }
+    }
+
+    public func activation(_ x: CUDATensor, _ kind: Activation) -> CUDATensor {
+        if case .none = kind { return x }
+        return attempt {
+            requireBF16(x, op: "activation")
+            let out = try empty(x.shape)
+            try launchKernel("elementwise", "activation_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(CUDABackend.activationCode(kind)); $0.add(UInt64(x.count))
+            }
+            return out
+        }
+    }
+
+    func channelLayout(_ x: CUDATensor, _ vector: CUDATensor, op: String) -> (rowsPerBatch: Int, channels: Int) {
+        let batch = x.shape[0], channels = x.shape.last!
+        precondition(vector.count == batch * channels, "\(op): vector \(vector.shape) does not broadcast over \(x.shape)")
+        return (x.count / (batch * channels), channels)
+    }
+
+    public func modulate(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(x, shift, scale, op: "modulate")
+            let (rows, channels) = channelLayout(x, shift, op: "modulate")
+            let out = try empty(x.shape)
+            try launchKernel("elementwise", "modulate_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer)
+                $0.add(UInt64(rows)); $0.add(Int32(channels)); $0.add(UInt64(x.count))
+            }
+            return out
+        }
+    }
+
+    func gated(_ residual: CUDATensor?, gate: CUDATensor, _ y: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(gate, y, op: "gatedResidual")
+            if let residual { precondition(residual.shape == y.shape, "gatedResidual: \(residual.shape) vs \(y.shape)") }
+            let (rows, channels) = channelLayout(y, gate, op: "gatedResidual")
+            let out = try empty(y.shape)
+            try launchKernel("elementwise", "gated_residual_bf16", grid: elementwiseGrid(y.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(nullable(residual)); $0.add(gate.pointer); $0.add(y.pointer)
+                $0.add(UInt64(rows)); $0.add(Int32(channels)); $0.add(UInt64(y.count))
+            }
+            return out
+        }
+    }
+
+    public func scaleChannels(_ x: CUDATensor, by gate: CUDATensor) -> CUDATensor { gated(nil, gate: gate, x) }
+
+    public func gatedResidual(_ x: CUDATensor, gate: CUDATensor, _ y: CUDATensor) -> CUDATensor { gated(x, gate: gate, y) }
+
+    // MARK: linear algebra
+
+    /// The plan for a GEMM shape: created once, its algorithm from the disk cache or autotuned on first use.
+    public func plan(_ key: GemmKey, operands: GemmOperands) throws -> GemmPlan {
+        if let p = plans[key] { return p }
+        let p = try GemmPlan(lt, key)
+        if autotune { try tuner.tune(p, operands, stream: stream) }
+        plans[key] = p
+        return p
+    }
+
+    /// Per-row FP8 quantization of a BF16 matrix (last dimension = row).
+    public func quantizeRows(_ x: CUDATensor) throws -> CUDATensor {
+        requireBF16(x, op: "quantizeRows")
+        let channels = x.shape.last!
+        precondition(channels % 2 == 0, "quantizeRows: odd row length \(channels)")
+        let rows = x.count / channels
+        let out = try empty(x.shape, .fp8)
+        try launchKernel("norm", "quantize_rows_fp8", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(UInt64(rows)); $0.add(Int32(channels))
+        }
+        return out
+    }
+
+    /// `x · wᵀ (+ bias)` with a fused epilogue; FP8 when the weight is FP8 (the activation is quantized per row
+    /// first unless it already is).
+    public func gemm(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue) throws -> CUDATensor {
+        let k = x.shape.last!
+        let n = weight.shape[0]
+        precondition(weight.shape == [n, k], "linear: input \(x.shape) vs weight \(weight.shape)")
+        if let bias { precondition(bias.count == n, "linear: bias \(bias.shape) for \(n) outputs"); requireBF16(bias, op: "linear bias") }
+        let m = x.count / k
+        let out = try empty(Array(x.shape.dropLast()) + [n])
+        let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
+        var input = x
+        if precision == .fp8 && x.type != .fp8 { input = try quantizeRows(x) }
+        if precision == .bf16 { requireBF16(x, op: "linear") }
+        let operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
+                                    xScale: input.scales?.pointer, wScale: weight.scales?.pointer)
+        let key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
+        try plan(key, operands: operands).run(operands, stream: stream)
+        return out
+    }
+
+    public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, activation kind: Activation) -> CUDATensor {
+        attempt {
+            switch kind {
+            case .geluTanh: return try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .gelu : .biasGelu)
+            case .none: return try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias)
+            case .silu: return activation(try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias), .silu)
+            }
+        }
+    }
+
+    public func attention(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float?, keyMask: CUDATensor?) -> CUDATensor {
+        attempt {
+            requireBF16(q, k, v, op: "attention")
+            let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
+            let keys = k.shape[1]
+            precondition(k.shape == [batch, keys, width] && v.shape == k.shape, "attention: q \(q.shape) k \(k.shape) v \(v.shape)")
+            let d = width / heads
+            guard d == 128 else { throw KilnError.unsupported("CUDA attention supports head size 128 only (got \(d))") }
+            if let keyMask { precondition(keyMask.count == batch * keys, "attention: key mask \(keyMask.shape)") }
+            let out = try empty(q.shape)
+            let shared = (128 * 128 + 4 * 64 * 128) * 2
+            let f = try module("attention").function("attention_fwd_bf16_d128")
+            try check(kc_cu.cuFuncSetAttribute!(f, Int32(KC_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), Int32(shared)),
+                      "cuFuncSetAttribute(attention shared memory)")
+            var args = KernelArguments()
+            args.add(out.pointer); args.add(q.pointer); args.add(k.pointer); args.add(v.pointer); args.add(nullable(keyMask))
+            args.add(Int32(queries)); args.add(Int32(keys)); args.add(Int32(heads)); args.add(scale ?? 1 / Float(d).squareRoot())
+            try launch(f, grid: ((queries + 127) / 128, heads, batch), block: (256, 1, 1), sharedBytes: shared, stream: stream,
+                       name: "attention_fwd_bf16_d128", args)
+            return out
+        }
+    }
+
+    // MARK: normalization
+
+    public func layerNorm(_ x: CUDATensor, weight: CUDATensor?, bias: CUDATensor?, eps: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "layerNorm")
+            let c = x.shape.last!, rows = x.count / c
+            let out = try empty(x.shape)
+            try launchKernel("norm", "layernorm_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(nullable(weight)); $0.add(nullable(bias)); $0.add(eps)
+                $0.add(UInt64(rows)); $0.add(Int32(c))
+            }
+            return out
+        }
+    }
+
+    public func rmsNorm(_ x: CUDATensor, weight: CUDATensor, eps: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, op: "rmsNorm")
+            let c = x.shape.last!, rows = x.count / c
+            precondition(weight.count == c, "rmsNorm: weight \(weight.shape) for \(c) channels")
+            let out = try empty(x.shape)
+            try launchKernel("norm", "rmsnorm_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(weight.pointer); $0.add(eps); $0.add(UInt64(rows)); $0.add(Int32(c))
+            }
+            return out
+        }
+    }
+
+    public func groupNorm(_ x: CUDATensor, groups: Int, weight: CUDATensor, bias: CUDATensor, eps: Float, silu: Bool) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, bias, op: "groupNorm")
+            let c = x.shape.last!, batch = x.shape[0]
+            let pixels = x.count / (batch * c)
+            precondition(c % groups == 0 && groups <= 64, "groupNorm: \(c) channels in \(groups) groups")
+            let statsBuffer = try pool.allocate(batch * groups * 2 * 8)
+            try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: stream)
+            let perBlock = max(1, (16384 + c - 1) / c)
+            let chunks = (pixels + perBlock - 1) / perBlock
+            try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: (chunks, batch, 1), block: (256, 1, 1)) {
+                $0.add(statsBuffer.pointer); $0.add(x.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(UInt64(perBlock))
+            }
+            let out = try empty(x.shape)
+            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
+                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(Int32(silu ? 1 : 0)); $0.add(UInt64(x.count))
+            }
+            withExtendedLifetime(statsBuffer) {}
+            return out
+        }
+    }
+
+    // MARK: position
+
+    func normRoPE(_ x: CUDATensor, weight: CUDATensor?, table: RotaryTable<CUDATensor>?, eps: Float, length: Int, heads: Int, dim: Int) throws -> CUDATensor {
+        requireBF16(x, op: "rope")
+        if let table { precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "rope: table \(table.cos.shape) for L \(length) D \(dim)") }
+        let rows = x.count / dim
+        let out = try empty(x.shape)
+        try launchKernel("rope", "norm_rope_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(x.pointer); $0.add(nullable(weight)); $0.add(nullable(table?.cos)); $0.add(nullable(table?.sin))
+            $0.add(eps); $0.add(UInt64(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(dim))
+        }
+        return out
+    }
+
+    public func rope(_ x: CUDATensor, _ table: RotaryTable<CUDATensor>) -> CUDATensor {
+        attempt { try normRoPE(x, weight: nil, table: table, eps: 0, length: x.shape[1], heads: x.shape[2], dim: x.shape[3]) }
+    }
+
+    public func qkNormRoPE(q: CUDATensor, k: CUDATensor, qWeight: CUDATensor, kWeight: CUDATensor, eps: Float, heads: Int,
+                           rope table: RotaryTable<CUDATensor>?) -> (q: CUDATensor, k: CUDATensor) {
+        attempt {
+            let d = q.shape[2] / heads
+            return (try normRoPE(q, weight: qWeight, table: table, eps: eps, length: q.shape[1], heads: heads, dim: d),
+                    try normRoPE(k, weight: kWeight, table: table, eps: eps, length: k.shape[1], heads: heads, dim: d))
+        }
+    }
+
+    // MARK: images
+
+    public func conv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, op: "conv2d")
+            let (batch, height, width, inC) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let (outC, kh, kw) = (weight.shape[0], weight.shape[1], weight.shape[2])
+            precondition(weight.shape[3] == inC, "conv2d: input \(x.shape) vs weight \(weight.shape)")
+            let outH = (height + padding.top + padding.bottom - kh) / stride + 1
+            let outW = (width + padding.left + padding.right - kw) / stride + 1
+            let k = kh * kw * inC
+            var columns = x
+            if !(kh == 1 && kw == 1 && stride == 1 && padding == .uniform(0)) {
+                columns = try empty([batch * outH * outW, k])
+                let n = columns.count
+                try launchKernel("elementwise", "im2col_nhwc_bf16", grid: elementwiseGrid(n), block: (256, 1, 1)) {
+                    $0.add(columns.pointer); $0.add(x.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(inC))
+                    $0.add(Int32(kh)); $0.add(Int32(kw)); $0.add(Int32(stride)); $0.add(Int32(padding.top)); $0.add(Int32(padding.left))
+                    $0.add(Int32(outH)); $0.add(Int32(outW)); $0.add(UInt64(n))
+                }
+            }
+            let flat = reshape(columns, [batch * outH * outW, k])
+            let w2 = reshape(weight, [outC, k])
+            let y = try gemm(flat, weight: w2, bias: bias, epilogue: bias == nil ? .none : .bias)
+            return reshape(y, [batch, outH, outW, outC])
+        }
+    }
+
+    public func upsampleNearest2x(_ x: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "upsample")
+            let (batch, height, width, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let out = try empty([batch, 2 * height, 2 * width, c])
+            try launchKernel("elementwise", "upsample_nearest2x_bf16", grid: elementwiseGrid(out.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(c)); $0.add(UInt64(out.count))
+            }
+            return out
+        }
+    }
+
+    // MARK: fused
+
+    public func layerNormModulate(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, shift, scale, op: "layerNormModulate")
+            let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
+            let out = try empty(x.shape)
+            try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
+                $0.add(UInt64(rows)); $0.add(Int32(channels))
+            }
+            return out
+        }
+    }
+
+    /// `layerNormModulate` emitting FP8 e4m3 with per-row scales, to feed an FP8 linear directly.
+    public func layerNormModulateFP8(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) throws -> CUDATensor {
+        requireBF16(x, shift, scale, op: "layerNormModulateFP8")
+        let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
+        let out = try empty(x.shape, .fp8)
+        try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: (256, 1, 1), shared: channels * 4) {
+            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
+            $0.add(UInt64(rows)); $0.add(Int32(channels))
+        }
+        return out
+    }
+}

@@ -1,0 +1,343 @@
+import CKilnCUDA
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Operand precision of a GEMM: BF16 (fp32 accumulate), or FP8 e4m3 with per-row activation scales and
+/// per-output-channel weight scales (cuBLASLt `OUTER_VEC_32F`), fast accumulation. Output is BF16 either way.
+public enum GemmPrecision: String, CaseIterable, Sendable {
+    case bf16, fp8
+}
+
+/// Fused epilogue of a GEMM.
+public enum GemmEpilogue: String, CaseIterable, Sendable {
+    case none, bias, gelu, biasGelu = "bias+gelu"
+
+    var cublasLt: Int32 {
+        switch self {
+        case .none: return Int32(KC_CUBLASLT_EPILOGUE_DEFAULT)
+        case .bias: return Int32(KC_CUBLASLT_EPILOGUE_BIAS)
+        case .gelu: return Int32(KC_CUBLASLT_EPILOGUE_GELU)
+        case .biasGelu: return Int32(KC_CUBLASLT_EPILOGUE_GELU_BIAS)
+        }
+    }
+
+    public var hasBias: Bool { self == .bias || self == .biasGelu }
+}
+
+/// One GEMM problem: `Y[M, N] = X[M, K] · W[N, K]ᵀ (+ bias[N]) (then GELU)`, row-major, as linear layers need.
+public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
+    public var m, n, k: Int
+    public var precision: GemmPrecision
+    public var epilogue: GemmEpilogue
+
+    public init(m: Int, n: Int, k: Int, precision: GemmPrecision, epilogue: GemmEpilogue = .none) {
+        (self.m, self.n, self.k, self.precision, self.epilogue) = (m, n, k, precision, epilogue)
+    }
+
+    /// The text used as the plan cache's key.
+    public var description: String { "\(precision.rawValue) m\(m) n\(n) k\(k) \(epilogue.rawValue)" }
+
+    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+}
+
+/// A cuBLASLt algorithm choice, serializable (the 64-byte opaque descriptor is stable for one cuBLASLt version).
+public struct GemmAlgorithm: Equatable, Sendable {
+    public var words: [UInt64]
+
+    init(_ algo: kc_cublasLtMatmulAlgo_t) {
+        var a = algo
+        words = withUnsafeBytes(of: &a.data) { Array($0.bindMemory(to: UInt64.self)) }
+    }
+
+    public init?(hex: String) {
+        let parts = hex.split(separator: "-")
+        guard parts.count == 8 else { return nil }
+        var words: [UInt64] = []
+        for p in parts {
+            guard let w = UInt64(p, radix: 16) else { return nil }
+            words.append(w)
+        }
+        self.words = words
+    }
+
+    public var hex: String { words.map { String($0, radix: 16) }.joined(separator: "-") }
+
+    var raw: kc_cublasLtMatmulAlgo_t {
+        var a = kc_cublasLtMatmulAlgo_t()
+        withUnsafeMutableBytes(of: &a.data) { buffer in
+            for (i, w) in words.enumerated() { buffer.storeBytes(of: w, toByteOffset: i * 8, as: UInt64.self) }
+        }
+        return a
+    }
+
+    /// "algo 66 tile 21 stages 9 splitK 1"-style summary.
+    public var summary: String {
+        var a = raw
+        func attr<T: FixedWidthInteger>(_ id: Int, _ type: T.Type) -> T {
+            var v: T = 0
+            var written = 0
+            _ = kc_lt.cublasLtMatmulAlgoConfigGetAttribute?(&a, Int32(id), &v, MemoryLayout<T>.size, &written)
+            return v
+        }
+        return "algo \(attr(Int(KC_CUBLASLT_ALGO_CONFIG_ID), Int32.self)) tile \(attr(Int(KC_CUBLASLT_ALGO_CONFIG_TILE_ID), UInt32.self)) "
+            + "stages \(attr(Int(KC_CUBLASLT_ALGO_CONFIG_STAGES_ID), UInt32.self)) splitK \(attr(Int(KC_CUBLASLT_ALGO_CONFIG_SPLITK_NUM), Int32.self))"
+    }
+}
+
+/// A cuBLASLt handle with its workspace.
+public final class CuBLASLt: @unchecked Sendable {
+    public let handle: cublasLtHandle_t
+    public let version: Int
+    public let path: String
+    public let workspace: DeviceBuffer
+    public static let workspaceBytes = 64 << 20
+
+    public init() throws {
+        path = try CUDALibrary.cublasLt.load()
+        var h: cublasLtHandle_t?
+        try checkLt(kc_lt.cublasLtCreate!(&h), "cublasLtCreate")
+        handle = h!
+        version = Int(kc_lt.cublasLtGetVersion!())
+        workspace = try DeviceBuffer(bytes: CuBLASLt.workspaceBytes)
+    }
+
+    deinit { _ = kc_lt.cublasLtDestroy?(handle) }
+
+    /// "13.1.0"-style version text.
+    public var versionText: String { "\(version / 10000).\((version / 100) % 100).\(version % 100)" }
+}
+
+/// Device pointers of one GEMM call.
+public struct GemmOperands {
+    public var x: CUdeviceptr
+    public var w: CUdeviceptr
+    public var out: CUdeviceptr
+    public var bias: CUdeviceptr?
+    /// FP8: per-row scales of X ([M] fp32) and per-output-channel scales of W ([N] fp32).
+    public var xScale: CUdeviceptr?
+    public var wScale: CUdeviceptr?
+
+    public init(x: CUdeviceptr, w: CUdeviceptr, out: CUdeviceptr, bias: CUdeviceptr? = nil,
+                xScale: CUdeviceptr? = nil, wScale: CUdeviceptr? = nil) {
+        (self.x, self.w, self.out, self.bias, self.xScale, self.wScale) = (x, w, out, bias, xScale, wScale)
+    }
+}
+
+/// A GEMM ready to run: descriptors for one `GemmKey` and the chosen algorithm.
+///
+/// Layout: cuBLASLt is column-major, so the row-major `Y = X Wᵀ` is computed as `Yᵀ (N x M) = op(W) · Xᵀ` with
+/// A = W (K x N column-major, transposed: "T"), B = X (K x M, "N"), D = Yᵀ with leading dimension N: the TN layout
+/// FP8 requires. A's outer-vector scales run along N (weights per output channel), B's along M (activations per row).
+public final class GemmPlan: @unchecked Sendable {
+    public let key: GemmKey
+    let lt: CuBLASLt
+    let desc: cublasLtMatmulDesc_t
+    let layoutA: cublasLtMatrixLayout_t
+    let layoutB: cublasLtMatrixLayout_t
+    let layoutD: cublasLtMatrixLayout_t
+    public var algorithm: GemmAlgorithm?
+    /// How the algorithm was chosen ("heuristic", "autotuned", "cache").
+    public var source = "heuristic"
+
+    public init(_ lt: CuBLASLt, _ key: GemmKey) throws {
+        self.lt = lt
+        self.key = key
+        var d: cublasLtMatmulDesc_t?
+        try checkLt(kc_lt.cublasLtMatmulDescCreate!(&d, Int32(KC_CUBLAS_COMPUTE_32F), Int32(KC_CUDA_R_32F)), "cublasLtMatmulDescCreate")
+        let desc = d!
+        self.desc = desc
+        func set<T>(_ attribute: Int, _ value: T) throws {
+            var v = value
+            try checkLt(kc_lt.cublasLtMatmulDescSetAttribute!(desc, Int32(attribute), &v, MemoryLayout<T>.size),
+                        "cublasLtMatmulDescSetAttribute(\(attribute))")
+        }
+        try set(Int(KC_CUBLASLT_MATMUL_DESC_TRANSA), Int32(KC_CUBLAS_OP_T))
+        try set(Int(KC_CUBLASLT_MATMUL_DESC_TRANSB), Int32(KC_CUBLAS_OP_N))
+        try set(Int(KC_CUBLASLT_MATMUL_DESC_EPILOGUE), UInt32(key.epilogue.cublasLt))
+        let inputType: Int32
+        switch key.precision {
+        case .bf16:
+            inputType = Int32(KC_CUDA_R_16BF)
+        case .fp8:
+            inputType = Int32(KC_CUDA_R_8F_E4M3)
+            try set(Int(KC_CUBLASLT_MATMUL_DESC_FAST_ACCUM), Int8(1))
+            try set(Int(KC_CUBLASLT_MATMUL_DESC_A_SCALE_MODE), Int32(KC_CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F))
+            try set(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_MODE), Int32(KC_CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F))
+        }
+        if key.epilogue.hasBias { try set(Int(KC_CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), Int32(KC_CUDA_R_16BF)) }
+        layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.k)
+        layoutB = try GemmPlan.layout(inputType, key.k, key.m, key.k)
+        layoutD = try GemmPlan.layout(Int32(KC_CUDA_R_16BF), key.n, key.m, key.n)
+    }
+
+    static func layout(_ type: Int32, _ rows: Int, _ cols: Int, _ ld: Int) throws -> cublasLtMatrixLayout_t {
+        var l: cublasLtMatrixLayout_t?
+        try checkLt(kc_lt.cublasLtMatrixLayoutCreate!(&l, type, UInt64(rows), UInt64(cols), Int64(ld)), "cublasLtMatrixLayoutCreate")
+        return l!
+    }
+
+    deinit {
+        _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutA)
+        _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutB)
+        _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutD)
+        _ = kc_lt.cublasLtMatmulDescDestroy?(desc)
+    }
+
+    /// Up to `count` algorithms cuBLASLt's heuristic proposes, best first.
+    public func candidates(_ count: Int) throws -> [GemmAlgorithm] {
+        var pref: cublasLtMatmulPreference_t?
+        try checkLt(kc_lt.cublasLtMatmulPreferenceCreate!(&pref), "cublasLtMatmulPreferenceCreate")
+        defer { _ = kc_lt.cublasLtMatmulPreferenceDestroy!(pref) }
+        var bytes = UInt64(CuBLASLt.workspaceBytes)
+        try checkLt(kc_lt.cublasLtMatmulPreferenceSetAttribute!(pref, Int32(KC_CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES), &bytes, 8),
+                    "cublasLtMatmulPreferenceSetAttribute")
+        var results = [kc_cublasLtMatmulHeuristicResult_t](repeating: kc_cublasLtMatmulHeuristicResult_t(), count: count)
+        var returned: Int32 = 0
+        try checkLt(kc_lt.cublasLtMatmulAlgoGetHeuristic!(lt.handle, desc, layoutA, layoutB, layoutD, layoutD, pref,
+                                                          Int32(count), &results, &returned),
+                    "cublasLtMatmulAlgoGetHeuristic(\(key))")
+        guard returned > 0 else { throw CUDAError(call: "cublasLtMatmulAlgoGetHeuristic(\(key))", status: 15, text: "no algorithm") }
+        return results[0..<Int(returned)].filter { $0.state == 0 }.map { GemmAlgorithm($0.algo) }
+    }
+
+    /// Enqueues the GEMM on `stream` with `algorithm` (default: the plan's, else the heuristic's first).
+    public func run(_ operands: GemmOperands, stream: CUDAStream, algorithm override: GemmAlgorithm? = nil) throws {
+        if algorithm == nil && override == nil { algorithm = try candidates(1).first }
+        func setPointer(_ attribute: Int, _ pointer: CUdeviceptr) throws {
+            var p = pointer
+            try checkLt(kc_lt.cublasLtMatmulDescSetAttribute!(desc, Int32(attribute), &p, 8), "cublasLtMatmulDescSetAttribute(\(attribute))")
+        }
+        if key.epilogue.hasBias {
+            guard let bias = operands.bias else { throw KilnError.invalidArgument("GEMM \(key) needs a bias") }
+            try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_BIAS_POINTER), bias)
+        }
+        if key.precision == .fp8 {
+            guard let xs = operands.xScale, let ws = operands.wScale else { throw KilnError.invalidArgument("FP8 GEMM \(key) needs scales") }
+            try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_A_SCALE_POINTER), ws)
+            try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_POINTER), xs)
+        }
+        var algo = (override ?? algorithm)!.raw
+        var alpha: Float = 1, beta: Float = 0
+        try checkLt(kc_lt.cublasLtMatmul!(lt.handle, desc, &alpha, UnsafeRawPointer(bitPattern: UInt(operands.w)), layoutA,
+                                          UnsafeRawPointer(bitPattern: UInt(operands.x)), layoutB, &beta,
+                                          UnsafeRawPointer(bitPattern: UInt(operands.out)), layoutD,
+                                          UnsafeMutableRawPointer(bitPattern: UInt(operands.out)), layoutD, &algo,
+                                          UnsafeMutableRawPointer(bitPattern: UInt(lt.workspace.pointer)), CuBLASLt.workspaceBytes,
+                                          stream.handle),
+                    "cublasLtMatmul(\(key))")
+    }
+
+    /// Median milliseconds of one call with `algorithm`, timed with events over `batches` batches of `repeats` calls.
+    public func time(_ operands: GemmOperands, stream: CUDAStream, algorithm: GemmAlgorithm?,
+                     warmup: Int = 3, repeats: Int = 10, batches: Int = 5) throws -> Double {
+        for _ in 0..<warmup { try run(operands, stream: stream, algorithm: algorithm) }
+        let start = try CUDAEvent(), end = try CUDAEvent()
+        var times: [Double] = []
+        for _ in 0..<batches {
+            try start.record(stream)
+            for _ in 0..<repeats { try run(operands, stream: stream, algorithm: algorithm) }
+            try end.record(stream)
+            try end.synchronize()
+            times.append(Double(try end.milliseconds(since: start)) / Double(repeats))
+        }
+        return median(times)
+    }
+}
+
+public func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return .nan }
+    let s = values.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Autotuning choices on disk, one JSON file per GPU and cuBLASLt version:
+/// `{"gpu": ..., "cublasLt": ..., "plans": {"<key>": "<algorithm hex>", ...}}`.
+public final class GemmPlanCache: @unchecked Sendable {
+    public let path: String
+    public let gpu: String
+    public let cublasLtVersion: Int
+    public private(set) var entries: [String: GemmAlgorithm] = [:]
+
+    public init(path: String, gpu: String, cublasLtVersion: Int) {
+        self.path = path
+        self.gpu = gpu
+        self.cublasLtVersion = cublasLtVersion
+        if let json = try? FileIO.readJSON(path) { load(json) }
+    }
+
+    /// The default location: `<cache>/gemm/<gpu tag>-cublasLt<version>.json`.
+    public static func defaultPath(gpuTag: String, cublasLtVersion: Int) -> String {
+        FileIO.join(KilnCache.root(), "gemm/\(gpuTag)-cublasLt\(cublasLtVersion).json")
+    }
+
+    func load(_ json: JSON) {
+        guard json["gpu"]?.string == gpu, json["cublasLt"]?.int == cublasLtVersion, let plans = json["plans"]?.object else { return }
+        for (key, value) in plans {
+            if let hex = value.string, let algo = GemmAlgorithm(hex: hex) { entries[key] = algo }
+        }
+    }
+
+    public var json: JSON {
+        .object([("gpu", .string(gpu)), ("cublasLt", .number(Double(cublasLtVersion))),
+                 ("plans", .object(entries.keys.sorted().map { ($0, .string(entries[$0]!.hex)) }))])
+    }
+
+    public subscript(key: GemmKey) -> GemmAlgorithm? {
+        get { entries[key.description] }
+        set { entries[key.description] = newValue }
+    }
+
+    public func save() throws {
+        try KilnCache.makeDirectories(FileIO.directory(of: path))
+        try FileIO.write(Array(json.serialized.utf8), to: path)
+    }
+}
+
+/// Chooses algorithms: the cached choice when there is one, else times the heuristic's top candidates once and keeps
+/// the fastest.
+public final class GemmTuner: @unchecked Sendable {
+    public let lt: CuBLASLt
+    public let cache: GemmPlanCache
+    public var candidateCount = 8
+
+    public init(lt: CuBLASLt, cache: GemmPlanCache) {
+        self.lt = lt
+        self.cache = cache
+    }
+
+    public struct Trial: Sendable {
+        public let algorithm: GemmAlgorithm
+        public let milliseconds: Double
+    }
+
+    /// Times each of `algorithms` (failures skipped), fastest first.
+    public func trials(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, algorithms: [GemmAlgorithm],
+                       repeats: Int = 10, batches: Int = 5) -> [Trial] {
+        var out: [Trial] = []
+        for a in algorithms {
+            if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 2, repeats: repeats, batches: batches), ms.isFinite {
+                out.append(Trial(algorithm: a, milliseconds: ms))
+            }
+        }
+        return out.sorted { $0.milliseconds < $1.milliseconds }
+    }
+
+    /// Sets `plan.algorithm` from the cache, or by timing; saves new choices.
+    @discardableResult
+    public func tune(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, force: Bool = false) throws -> [Trial] {
+        if !force, let cached = cache[plan.key] {
+            plan.algorithm = cached
+            plan.source = "cache"
+            return []
+        }
+        let found = trials(plan, operands, stream: stream, algorithms: try plan.candidates(candidateCount))
+        guard let best = found.first else { throw CUDAError(call: "autotune(\(plan.key))", status: -1, text: "no candidate ran") }
+        plan.algorithm = best.algorithm
+        plan.source = "autotuned"
+        cache[plan.key] = best.algorithm
+        try? cache.save()
+        return found
+    }
+}

@@ -1,0 +1,482 @@
+import CKilnCUDA
+import KilnBackends
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `kiln selftest --gpu`: every CUDA op against the CPU reference on fresh random inputs (device outputs poisoned with
+/// NaN before each op), then micro-benchmarks of FLUX's GEMMs and attention.
+public final class GPUSelftest {
+    public struct Row {
+        public var op: String
+        public var shape: String
+        public var precision: String
+        public var error: Double
+        public var tolerance: Double
+        public var milliseconds: Double?
+        public var note: String = ""
+        public var passed: Bool { error.isFinite && error <= tolerance }
+    }
+
+    public struct GemmBench {
+        public var key: GemmKey
+        public var autotunedMs: Double
+        public var bestOfAllMs: Double
+        public var heuristicMs: Double
+        public var candidates: Int
+        public var algorithm: String
+        public var tflops: Double { key.flops / (autotunedMs * 1e-3) / 1e12 }
+    }
+
+    public struct AttentionBench {
+        public var batch, heads, length, dim: Int
+        public var milliseconds: Double
+        public var tflops: Double { 4 * Double(batch * heads) * Double(length) * Double(length) * Double(dim) / (milliseconds * 1e-3) / 1e12 }
+    }
+
+    public let gpu: CUDABackend
+    let cpu = CPUBackend()
+    var rng: SplitMix
+    public private(set) var rows: [Row] = []
+    public private(set) var gemms: [GemmBench] = []
+    public private(set) var attentions: [AttentionBench] = []
+    public var quick = false
+
+    public init(seed: UInt64? = nil) throws {
+        gpu = try CUDABackend()
+        gpu.pool.poison = true
+        var t = timespec()
+        clock_gettime(CLOCK_REALTIME, &t)
+        rng = SplitMix(seed: seed ?? UInt64(t.tv_nsec) ^ UInt64(t.tv_sec) << 20)
+    }
+
+    static let fluxGemms: [(name: String, n: Int, k: Int, epilogue: GemmEpilogue)] = [
+        ("attn proj", 3072, 3072, .bias), ("QKV", 9216, 3072, .bias), ("MLP in", 12288, 3072, .biasGelu),
+        ("MLP out", 3072, 12288, .bias), ("single fused", 21504, 3072, .bias), ("single linear2", 3072, 15360, .bias),
+    ]
+
+    func say(_ s: String) { print(s); fflush(stdout) }
+
+    /// Records one comparison; `time` (when given) is run with CUDA events for a median time.
+    func record(_ op: String, _ shape: [Int], precision: String = "bf16", tolerance: Double = 1e-2, note: String = "",
+                time: (() -> Void)? = nil, _ body: () throws -> (device: HostTensor, reference: HostTensor)) {
+        do {
+            let (d, r) = try body()
+            let error = d.shape == r.shape ? d.relativeError(to: r) : .nan
+            var ms: Double?
+            if let time { ms = try measure(time) }
+            let row = Row(op: op, shape: shape.map(String.init).joined(separator: "x"), precision: precision, error: error,
+                          tolerance: tolerance, milliseconds: ms, note: d.shape == r.shape ? note : "shape \(d.shape) vs \(r.shape)")
+            rows.append(row)
+            say("  \(row.passed ? "ok  " : "FAIL") \(op.padding(22)) \(row.shape.padding(18)) \(precision.padding(5)) err \(format(error, 2, exponent: true))"
+                + (ms.map { "  \(format($0, 3)) ms" } ?? "") + (row.note.isEmpty ? "" : "  \(row.note)"))
+        } catch {
+            rows.append(Row(op: op, shape: shape.map(String.init).joined(separator: "x"), precision: precision, error: .nan,
+                            tolerance: tolerance, milliseconds: nil, note: "\(error)"))
+            say("  FAIL \(op) \(shape): \(error)")
+        }
+    }
+
+    /// Median milliseconds of `body` (enqueueing device work), CUDA events around batches.
+    func measure(_ body: () -> Void, warmup: Int = 2, repeats: Int = 5, batches: Int = 5) throws -> Double {
+        let poison = gpu.pool.poison
+        gpu.pool.poison = false
+        defer { gpu.pool.poison = poison }
+        for _ in 0..<warmup { body() }
+        let start = try CUDAEvent(), end = try CUDAEvent()
+        var times: [Double] = []
+        for _ in 0..<batches {
+            try start.record(gpu.stream)
+            for _ in 0..<repeats { body() }
+            try end.record(gpu.stream)
+            try end.synchronize()
+            times.append(Double(try end.milliseconds(since: start)) / Double(repeats))
+        }
+        return median(times)
+    }
+
+    func up(_ h: HostTensor) -> CUDATensor { gpu.tensor(h) }
+    func down(_ t: CUDATensor) -> HostTensor { gpu.host(t) }
+
+    /// Rows `indices` of a tensor seen as [rows, last].
+    static func pickRows(_ h: HostTensor, _ indices: [Int]) -> HostTensor {
+        let c = h.shape.last!
+        var data: [Float] = []
+        data.reserveCapacity(indices.count * c)
+        for r in indices { data += h.data[(r * c)..<((r + 1) * c)] }
+        return HostTensor(shape: [indices.count, c], data: data)
+    }
+
+    func spread(_ count: Int, of total: Int) -> [Int] {
+        var out = Set<Int>([0, total - 1])
+        while out.count < min(count, total) { out.insert(Int(rng.next() % UInt64(total))) }
+        return out.sorted()
+    }
+
+    // MARK: conformance
+
+    public func conformance() {
+        say("conformance (CUDA vs CPU fp32 reference; BF16 tol 1e-2, FP8 GEMM tol 3e-2):")
+        elementwise()
+        normalization()
+        position()
+        linear()
+        attention()
+        images()
+        graph()
+    }
+
+    func elementwise() {
+        for shape in [[2, 77, 3072], [1, 4608, 3072]] {
+            let a = rng.tensor(shape), b = rng.tensor(shape)
+            let (ga, gb) = (up(a), up(b))
+            record("add", shape, time: { _ = self.gpu.add(ga, gb) }) { (down(gpu.add(ga, gb)), cpu.add(a, b)) }
+            record("addScaled", shape) { (down(gpu.addScaled(ga, gb, alpha: 0.37)), cpu.addScaled(a, b, alpha: 0.37)) }
+        }
+        let x = rng.tensor([3, 1000])
+        record("affine", [3, 1000]) { (down(gpu.affine(up(x), scale: 1.5, shift: -0.25)), cpu.affine(x, scale: 1.5, shift: -0.25)) }
+        for (kind, shape) in [(Activation.silu, [2, 333, 64]), (.geluTanh, [2, 333, 64]), (.geluTanh, [1, 4608, 12288])] {
+            let h = rng.tensor(shape, scale: 2)
+            let g = up(h)
+            record("activation \(kind)", shape, time: shape[1] == 4608 ? { _ = self.gpu.activation(g, kind) } : nil) {
+                (down(gpu.activation(g, kind)), cpu.activation(h, kind))
+            }
+        }
+        for shape in [[2, 300, 3072], [1, 4608, 3072]] {
+            let h = rng.tensor(shape), shift = rng.tensor([shape[0], shape[2]]), scale = rng.tensor([shape[0], shape[2]], scale: 0.5)
+            let (g, gs, gc) = (up(h), up(shift), up(scale))
+            record("modulate", shape) { (down(gpu.modulate(g, shift: gs, scale: gc)), cpu.modulate(h, shift: shift, scale: scale)) }
+            record("scaleChannels", shape) { (down(gpu.scaleChannels(g, by: gc)), cpu.scaleChannels(h, by: scale)) }
+            let y = rng.tensor(shape)
+            let gy = up(y)
+            record("gatedResidual", shape, time: shape[1] == 4608 ? { _ = self.gpu.gatedResidual(g, gate: gc, gy) } : nil) {
+                (down(gpu.gatedResidual(g, gate: gc, gy)), cpu.gatedResidual(h, gate: scale, y))
+            }
+        }
+        let p1 = rng.tensor([1, 512, 3072]), p2 = rng.tensor([1, 4096, 3072])
+        record("concat axis 1", [1, 4608, 3072]) { (down(gpu.concat([up(p1), up(p2)], axis: 1)), cpu.concat([p1, p2], axis: 1)) }
+        let q1 = rng.tensor([2, 10, 64]), q2 = rng.tensor([2, 10, 32])
+        record("concat axis 2", [2, 10, 96]) { (down(gpu.concat([up(q1), up(q2)], axis: 2)), cpu.concat([q1, q2], axis: 2)) }
+        let big = rng.tensor([1, 4608, 9216])
+        let gbig = up(big)
+        record("slice axis 2", [1, 4608, 3072]) { (down(gpu.slice(gbig, axis: 2, 3072..<6144)), cpu.slice(big, axis: 2, 3072..<6144)) }
+        record("slice axis 1", [1, 4096, 9216]) { (down(gpu.slice(gbig, axis: 1, 512..<4608)), cpu.slice(big, axis: 1, 512..<4608)) }
+    }
+
+    func normalization() {
+        let x = rng.tensor([3, 100, 768], offset: 0.3), w = rng.tensor([768], scale: 0.1, offset: 1), b = rng.tensor([768], scale: 0.1)
+        record("layerNorm affine", x.shape) {
+            (down(gpu.layerNorm(up(x), weight: up(w), bias: up(b), eps: 1e-5)), cpu.layerNorm(x, weight: w, bias: b, eps: 1e-5))
+        }
+        let y = rng.tensor([1, 4608, 3072], scale: 2, offset: 0.5)
+        let gy = up(y)
+        record("layerNorm", y.shape, time: { _ = self.gpu.layerNorm(gy, weight: nil, bias: nil, eps: 1e-6) }) {
+            (down(gpu.layerNorm(gy, weight: nil, bias: nil, eps: 1e-6)), cpu.layerNorm(y, weight: nil, bias: nil, eps: 1e-6))
+        }
+        for shape in [[2, 50, 4096], [1, 4608, 24, 128]] {
+            let h = rng.tensor(shape), wt = rng.tensor([shape.last!], scale: 0.1, offset: 1)
+            record("rmsNorm", shape) { (down(gpu.rmsNorm(up(h), weight: up(wt), eps: 1e-6)), cpu.rmsNorm(h, weight: wt, eps: 1e-6)) }
+        }
+        for shape in [[2, 37, 64], [1, 4608, 3072]] {
+            let h = rng.tensor(shape, offset: 0.2), shift = rng.tensor([shape[0], shape[2]]), scale = rng.tensor([shape[0], shape[2]], scale: 0.5)
+            let (g, gs, gc) = (up(h), up(shift), up(scale))
+            record("layerNormModulate", shape, time: shape[1] == 4608 ? { _ = self.gpu.layerNormModulate(g, shift: gs, scale: gc, eps: 1e-6) } : nil) {
+                (down(gpu.layerNormModulate(g, shift: gs, scale: gc, eps: 1e-6)), cpu.layerNormModulate(h, shift: shift, scale: scale, eps: 1e-6))
+            }
+        }
+        // FP8 output: compared with the fp32 result quantized per row on the host the same way (amax / 448, e4m3).
+        let h = rng.tensor([1, 256, 3072], offset: 0.2), shift = rng.tensor([1, 3072]), scale = rng.tensor([1, 3072], scale: 0.5)
+        record("layerNormModulate→fp8", h.shape, precision: "fp8", tolerance: 1e-2, note: "vs host-quantized reference") {
+            let q = try gpu.layerNormModulateFP8(up(h), shift: up(shift), scale: up(scale), eps: 1e-6)
+            let ref = cpu.layerNormModulate(h, shift: shift, scale: scale, eps: 1e-6)
+            return (down(q), GPUSelftest.quantizeRowsOnHost(ref))
+        }
+        for (shape, groups, silu) in [([1, 64, 64, 128], 32, true), ([2, 16, 16, 512], 32, false), ([1, 256, 256, 256], 32, true)] {
+            let h = rng.tensor(shape, offset: 0.1), wt = rng.tensor([shape[3]], scale: 0.1, offset: 1), bs = rng.tensor([shape[3]], scale: 0.1)
+            let (g, gw, gb) = (up(h), up(wt), up(bs))
+            record("groupNorm\(silu ? "+SiLU" : "")", shape, time: shape[1] == 256 ? { _ = self.gpu.groupNorm(g, groups: groups, weight: gw, bias: gb, eps: 1e-6, silu: silu) } : nil) {
+                (down(gpu.groupNorm(g, groups: groups, weight: gw, bias: gb, eps: 1e-6, silu: silu)),
+                 cpu.groupNorm(h, groups: groups, weight: wt, bias: bs, eps: 1e-6, silu: silu))
+            }
+        }
+    }
+
+    /// Per-row e4m3 quantization on the host (amax / 448), dequantized: the exact values an FP8 kernel should produce.
+    static func quantizeRowsOnHost(_ h: HostTensor) -> HostTensor {
+        let c = h.shape.last!
+        var table: [(Float, UInt8)] = (0..<127).map { (NumberFormats.e4m3ToFloat(UInt8($0)), UInt8($0)) }
+        table.sort { $0.0 < $1.0 }
+        let values = table.map { $0.0 }
+        func nearest(_ v: Float) -> Float {
+            let m = min(abs(v), 448)
+            var lo = 0, hi = values.count - 1
+            while hi - lo > 1 { let mid = (lo + hi) / 2; if values[mid] <= m { lo = mid } else { hi = mid } }
+            let (a, b) = (values[lo], values[hi])
+            let pick: Float
+            if m - a < b - m { pick = a } else if m - a > b - m { pick = b } else {
+                pick = table[lo].1 & 1 == 0 ? a : b
+            }
+            return v < 0 ? -pick : pick
+        }
+        var out = h.data
+        for r in 0..<(h.count / c) {
+            var amax: Float = 0
+            for i in 0..<c { amax = max(amax, abs(h.data[r * c + i])) }
+            let s = max(amax, 1e-12) / 448
+            for i in 0..<c { out[r * c + i] = nearest(h.data[r * c + i] * (1 / s)) * s }
+        }
+        return HostTensor(shape: h.shape, data: out)
+    }
+
+    func ropeTable(length: Int, dim: Int) -> RotaryTable<HostTensor> {
+        var cosv = [Float](repeating: 0, count: length * dim), sinv = cosv
+        for l in 0..<length {
+            for i in stride(from: 0, to: dim, by: 2) {
+                let angle = Float(l) * pow(10000, -Float(i) / Float(dim)) + rng.uniform()
+                let (c, s) = (NumberFormats.bf16ToFloat(NumberFormats.floatToBF16(cos(angle))), NumberFormats.bf16ToFloat(NumberFormats.floatToBF16(sin(angle))))
+                (cosv[l * dim + i], cosv[l * dim + i + 1], sinv[l * dim + i], sinv[l * dim + i + 1]) = (c, c, s, s)
+            }
+        }
+        return RotaryTable(cos: HostTensor(shape: [length, dim], data: cosv), sin: HostTensor(shape: [length, dim], data: sinv))
+    }
+
+    func position() {
+        let x = rng.tensor([1, 300, 24, 128])
+        let t = ropeTable(length: 300, dim: 128)
+        record("rope", x.shape) { (down(gpu.rope(up(x), RotaryTable(cos: up(t.cos), sin: up(t.sin)))), cpu.rope(x, t)) }
+        for (length, width, heads) in [(77, 256, 2), (4608, 3072, 24)] {
+            let q = rng.tensor([1, length, width], scale: 3), k = rng.tensor([1, length, width])
+            let qw = rng.tensor([width / heads], scale: 0.2, offset: 1), kw = rng.tensor([width / heads], scale: 0.2, offset: 1)
+            let table = ropeTable(length: length, dim: width / heads)
+            let (gq, gk, gqw, gkw) = (up(q), up(k), up(qw), up(kw))
+            let gt = RotaryTable(cos: up(table.cos), sin: up(table.sin))
+            let r = cpu.qkNormRoPE(q: q, k: k, qWeight: qw, kWeight: kw, eps: 1e-6, heads: heads, rope: table)
+            let g = gpu.qkNormRoPE(q: gq, k: gk, qWeight: gqw, kWeight: gkw, eps: 1e-6, heads: heads, rope: gt)
+            let time: (() -> Void)? = length == 4608 ? { _ = self.gpu.qkNormRoPE(q: gq, k: gk, qWeight: gqw, kWeight: gkw, eps: 1e-6, heads: heads, rope: gt) } : nil
+            record("qkNormRoPE q", [1, length, width], time: time) { (down(g.q), r.q) }
+            record("qkNormRoPE k", [1, length, width]) { (down(g.k), r.k) }
+        }
+    }
+
+    func linear() {
+        // Small shapes: every epilogue.
+        let x = rng.tensor([2, 100, 256]), w = rng.tensor([384, 256], scale: 0.06), b = rng.tensor([384], scale: 0.5)
+        let (gx, gw, gb) = (up(x), up(w), up(b))
+        for (kind, bias) in [(Activation.none, false), (.none, true), (.geluTanh, false), (.geluTanh, true), (.silu, true)] {
+            record("linear \(kind)\(bias ? "+bias" : "")", [200, 384, 256]) {
+                (down(gpu.linear(gx, weight: gw, bias: bias ? gb : nil, activation: kind)),
+                 cpu.linear(x, weight: w, bias: bias ? b : nil, activation: kind))
+            }
+        }
+        let m = 4608
+        for shape in GPUSelftest.fluxGemms.prefix(quick ? 2 : 6) {
+            let x = rng.tensor([m, shape.k]), w = rng.tensor([shape.n, shape.k], scale: 1 / Float(shape.k).squareRoot())
+            let b = rng.tensor([shape.n], scale: 0.3)
+            let (gx, gw, gb) = (up(x), up(w), up(b))
+            let act: Activation = shape.epilogue == .biasGelu ? .geluTanh : .none
+            let pick = spread(32, of: m)
+            record("linear \(shape.name)", [m, shape.n, shape.k], note: shape.epilogue.rawValue,
+                   time: { _ = self.gpu.linear(gx, weight: gw, bias: gb, activation: act) }) {
+                let y = down(gpu.linear(gx, weight: gw, bias: gb, activation: act))
+                return (GPUSelftest.pickRows(y.reshaped([m, shape.n]), pick),
+                        cpu.linear(GPUSelftest.pickRows(x, pick), weight: w, bias: b, activation: act))
+            }
+            // FP8: reference from the device's own quantized operands (tests the GEMM and its scales); the note gives
+            // the error against the unquantized BF16 problem.
+            do {
+                let qw = try gpu.quantizeRows(gw), qx = try gpu.quantizeRows(gx)
+                let wd = down(qw), xd = down(qx)
+                let xRows = GPUSelftest.pickRows(xd, pick)
+                let fullRef = cpu.linear(GPUSelftest.pickRows(x, pick), weight: w, bias: b, activation: act)
+                var vsBF16 = 0.0
+                record("linear \(shape.name)", [m, shape.n, shape.k], precision: "fp8", tolerance: 3e-2,
+                       time: { _ = try? self.gpu.gemm(qx, weight: qw, bias: gb, epilogue: shape.epilogue) }) {
+                    let y = down(try gpu.gemm(qx, weight: qw, bias: gb, epilogue: shape.epilogue))
+                    let got = GPUSelftest.pickRows(y, pick)
+                    vsBF16 = got.relativeError(to: fullRef)
+                    return (got, cpu.linear(xRows, weight: wd, bias: b, activation: act))
+                }
+                rows[rows.count - 1].note = "vs unquantized \(format(vsBF16, 2, exponent: true))"
+            } catch { say("  FAIL fp8 \(shape.name): \(error)") }
+        }
+    }
+
+    func attention() {
+        let cases: [(b: Int, lq: Int, lk: Int, heads: Int, mask: Bool)] = [(1, 333, 333, 2, false), (2, 150, 200, 4, true), (1, 64, 64, 1, false)]
+        for c in cases {
+            let q = rng.tensor([c.b, c.lq, c.heads * 128]), k = rng.tensor([c.b, c.lk, c.heads * 128]), v = rng.tensor([c.b, c.lk, c.heads * 128])
+            var mask: HostTensor?
+            if c.mask {
+                var m = (0..<(c.b * c.lk)).map { _ in rng.uniform() < 0.7 ? Float(1) : 0 }
+                m[0] = 1
+                m[c.lk] = 1
+                mask = HostTensor(shape: [c.b, c.lk], data: m)
+            }
+            record("attention\(c.mask ? " masked" : "")", [c.b, c.lq, c.lk, c.heads, 128]) {
+                (down(gpu.attention(q: up(q), k: up(k), v: up(v), heads: c.heads, scale: nil, keyMask: mask.map(up))),
+                 cpu.attention(q: q, k: k, v: v, heads: c.heads, scale: nil, keyMask: mask))
+            }
+        }
+        let (l, heads) = (4608, 24)
+        let q = rng.tensor([1, l, heads * 128]), k = rng.tensor([1, l, heads * 128]), v = rng.tensor([1, l, heads * 128])
+        let (gq, gk, gv) = (up(q), up(k), up(v))
+        let pick = spread(48, of: l)
+        record("attention FLUX", [1, l, l, heads, 128], time: { _ = self.gpu.attention(q: gq, k: gk, v: gv, heads: heads, scale: nil, keyMask: nil) }) {
+            let o = down(gpu.attention(q: gq, k: gk, v: gv, heads: heads, scale: nil, keyMask: nil))
+            let qr = GPUSelftest.pickRows(q.reshaped([l, heads * 128]), pick).reshaped([1, pick.count, heads * 128])
+            let ref = cpu.attention(q: qr, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
+            return (GPUSelftest.pickRows(o.reshaped([l, heads * 128]), pick), ref.reshaped([pick.count, heads * 128]))
+        }
+    }
+
+    func images() {
+        let cases: [(x: [Int], o: Int, k: Int, stride: Int, pad: Padding, bias: Bool)] = [
+            ([1, 32, 32, 64], 128, 3, 1, .uniform(1), true), ([1, 32, 32, 128], 128, 3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), true),
+            ([1, 64, 64, 256], 128, 1, 1, .uniform(0), true), ([1, 128, 128, 16], 512, 3, 1, .uniform(1), true),
+            ([2, 16, 16, 128], 8, 3, 1, .uniform(1), false),
+        ]
+        for c in cases {
+            let x = rng.tensor(c.x), w = rng.tensor([c.o, c.k, c.k, c.x[3]], scale: 1 / Float(c.k * c.k * c.x[3]).squareRoot())
+            let b = rng.tensor([c.o], scale: 0.2)
+            record("conv2d \(c.k)x\(c.k) s\(c.stride)", c.x + [c.o]) {
+                (down(gpu.conv2d(up(x), weight: gpu.weight(w, role: .convolution), bias: c.bias ? up(b) : nil, stride: c.stride, padding: c.pad)),
+                 cpu.conv2d(x, weight: w, bias: c.bias ? b : nil, stride: c.stride, padding: c.pad))
+            }
+        }
+        let x = rng.tensor([1, 32, 32, 128])
+        record("upsampleNearest2x", x.shape) { (down(gpu.upsampleNearest2x(up(x))), cpu.upsampleNearest2x(x)) }
+    }
+
+    /// A CUDA graph of norm → linear → gated residual, replayed after new input values are written into the
+    /// captured input buffer; compared with the same ops run eagerly.
+    func graph() {
+        let shape = [1, 512, 3072]
+        record("CUDA graph replay", shape, note: "vs eager, new inputs") {
+            let x1 = rng.tensor(shape), x2 = rng.tensor(shape)
+            let shift = up(rng.tensor([1, 3072])), scale = up(rng.tensor([1, 3072], scale: 0.5)), gate = up(rng.tensor([1, 3072]))
+            let w = up(rng.tensor([3072, 3072], scale: 0.02)), b = up(rng.tensor([3072]))
+            let input = up(x1)
+            func body() -> CUDATensor {
+                let h = gpu.layerNormModulate(input, shift: shift, scale: scale, eps: 1e-6)
+                let y = gpu.linear(h, weight: w, bias: b, activation: .geluTanh)
+                return gpu.gatedResidual(input, gate: gate, y)
+            }
+            _ = body()  // plans and kernels ready, pool warm
+            try gpu.synchronize()
+            var out: CUDATensor?
+            let graph = try CUDAGraph(capturing: gpu.stream) { out = body() }
+            var bits = x2.data.map { NumberFormats.floatToBF16($0) }
+            try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: input.pointer, bytes: $0.count, stream: gpu.stream) }
+            try graph.launch(on: gpu.stream)
+            let replayed = down(out!)
+            let eager = down(body())
+            return (replayed, eager)
+        }
+    }
+
+    // MARK: benchmarks
+
+    public func benchmarks() throws {
+        say("GEMM benchmarks (M = 4608, cuBLASLt; autotuned = fastest of the heuristic's top \(gpu.tuner.candidateCount), best of all = every candidate the heuristic returns):")
+        for precision in GemmPrecision.allCases {
+            for shape in GPUSelftest.fluxGemms {
+                let key = GemmKey(m: 4608, n: shape.n, k: shape.k, precision: precision, epilogue: .none)
+                let x = try gpu.upload(rng.tensor([key.m, key.k])), w = try gpu.upload(rng.tensor([key.n, key.k], scale: 0.02))
+                let out = try gpu.empty([key.m, key.n])
+                var operands = GemmOperands(x: x.pointer, w: w.pointer, out: out.pointer)
+                var keep: [CUDATensor] = []
+                if precision == .fp8 {
+                    let qx = try gpu.quantizeRows(x), qw = try gpu.quantizeRows(w)
+                    keep = [qx, qw]
+                    operands = GemmOperands(x: qx.pointer, w: qw.pointer, out: out.pointer, xScale: qx.scales!.pointer, wScale: qw.scales!.pointer)
+                }
+                let plan = try GemmPlan(gpu.lt, key)
+                let all = try plan.candidates(64)
+                let trials = gpu.tuner.trials(plan, operands, stream: gpu.stream, algorithms: all, repeats: 5, batches: 3)
+                try gpu.tuner.tune(plan, operands, stream: gpu.stream, force: true)
+                guard let chosen = plan.algorithm, let best = trials.first else { continue }
+                // Re-time the autotuned choice, the best of all and the heuristic's first with the same method.
+                var a: [Double] = [], bAll: [Double] = [], h: [Double] = []
+                for _ in 0..<3 {
+                    a.append(try plan.time(operands, stream: gpu.stream, algorithm: chosen, warmup: 2, repeats: 20, batches: 5))
+                    bAll.append(try plan.time(operands, stream: gpu.stream, algorithm: best.algorithm, warmup: 2, repeats: 20, batches: 5))
+                    h.append(try plan.time(operands, stream: gpu.stream, algorithm: all[0], warmup: 2, repeats: 20, batches: 5))
+                }
+                let g = GemmBench(key: key, autotunedMs: median(a), bestOfAllMs: min(median(bAll), median(a)), heuristicMs: median(h),
+                                  candidates: all.count, algorithm: chosen.summary)
+                gemms.append(g)
+                withExtendedLifetime(keep) {}
+                say("  \(precision.rawValue.padding(5)) \(shape.name.padding(15)) \(key.m)x\(key.n)x\(key.k)  autotuned \(format(g.autotunedMs, 4)) ms "
+                    + "(\(format(g.tflops, 0)) TFLOP/s)  best of \(g.candidates) \(format(g.bestOfAllMs, 4)) ms  heuristic #1 \(format(g.heuristicMs, 4)) ms  "
+                    + "ratio \(format(g.autotunedMs / g.bestOfAllMs, 3))  [\(g.algorithm)]")
+            }
+        }
+        say("attention benchmark (BF16, head 128, non-causal):")
+        for (l, heads) in [(4608, 24), (4096, 24), (16384, 24)] {
+            let q = try gpu.upload(rng.tensor([1, l, heads * 128])), k = try gpu.upload(rng.tensor([1, l, heads * 128])), v = try gpu.upload(rng.tensor([1, l, heads * 128]))
+            let ms = try measure({ _ = self.gpu.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil) }, warmup: 3, repeats: 10, batches: 5)
+            let a = AttentionBench(batch: 1, heads: heads, length: l, dim: 128, milliseconds: ms)
+            attentions.append(a)
+            say("  1x\(heads)x\(l)x128  \(format(ms, 4)) ms  \(format(a.tflops, 0)) TFLOP/s")
+        }
+    }
+
+    // MARK: output
+
+    public var passed: Int { rows.filter(\.passed).count }
+    public var failed: Int { rows.count - passed }
+
+    public func table() -> String {
+        var s = "| op | shape | precision | rel. error | tolerance | time (ms) | result | note |\n|---|---|---|---|---|---|---|---|\n"
+        for r in rows {
+            s += "| \(r.op) | \(r.shape) | \(r.precision) | \(format(r.error, 2, exponent: true)) | \(format(r.tolerance, 0, exponent: true)) | "
+                + "\(r.milliseconds.map { format($0, 4) } ?? "") | \(r.passed ? "pass" : "FAIL") | \(r.note) |\n"
+        }
+        return s
+    }
+
+    public var json: JSON {
+        func num(_ v: Double) -> JSON { v.isFinite ? .number(v) : .null }
+        return .object([
+            ("gpu", .string(gpu.device.name)), ("cublasLt", .string(gpu.lt.versionText)),
+            ("nvrtc", .string("\(gpu.compiler.nvrtcVersion.major).\(gpu.compiler.nvrtcVersion.minor)")),
+            ("passed", .number(Double(passed))), ("failed", .number(Double(failed))),
+            ("conformance", .array(rows.map { r in
+                .object([("op", .string(r.op)), ("shape", .string(r.shape)), ("precision", .string(r.precision)), ("error", num(r.error)),
+                         ("tolerance", .number(r.tolerance)), ("ms", r.milliseconds.map(num) ?? .null), ("passed", .bool(r.passed)), ("note", .string(r.note))])
+            })),
+            ("gemm", .array(gemms.map { g in
+                .object([("m", .number(Double(g.key.m))), ("n", .number(Double(g.key.n))), ("k", .number(Double(g.key.k))),
+                         ("precision", .string(g.key.precision.rawValue)), ("ms", num(g.autotunedMs)), ("tflops", num(g.tflops)),
+                         ("best_of_all_ms", num(g.bestOfAllMs)), ("heuristic_ms", num(g.heuristicMs)), ("candidates", .number(Double(g.candidates))),
+                         ("algorithm", .string(g.algorithm))])
+            })),
+            ("attention", .array(attentions.map { a in
+                .object([("b", .number(Double(a.batch))), ("h", .number(Double(a.heads))), ("l", .number(Double(a.length))), ("d", .number(Double(a.dim))),
+                         ("ms", num(a.milliseconds)), ("tflops", num(a.tflops))])
+            })),
+            ("kernel_load_seconds", .object(gpu.kernelLoadSeconds.keys.sorted().map { ($0, .number(gpu.kernelLoadSeconds[$0]!)) })),
+            ("driver_allocations", .number(Double(gpu.pool.driverAllocations))),
+        ])
+    }
+
+    /// Runs everything; returns the exit code (non-zero when any check failed).
+    public static func run(bench: Bool, quick: Bool, jsonPath: String?, markdownPath: String?) -> Int32 {
+        do {
+            let t = try GPUSelftest()
+            t.quick = quick
+            t.say("GPU: \(t.gpu.device.name) (\(t.gpu.device.arch)), cuBLASLt \(t.gpu.lt.versionText), NVRTC \(t.gpu.compiler.nvrtcVersion.major).\(t.gpu.compiler.nvrtcVersion.minor)")
+            t.conformance()
+            if bench { try t.benchmarks() }
+            if let jsonPath { try FileIO.write(Array(t.json.serialized.utf8), to: jsonPath) }
+            if let markdownPath { try FileIO.write(Array(t.table().utf8), to: markdownPath) }
+            print(t.table())
+            print("\(t.passed) passed, \(t.failed) failed")
+            return t.failed == 0 ? 0 : 1
+        } catch {
+            fputs("kiln selftest: \(error)\n", stderr)
+            return 1
+        }
+    }
+}

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Kiln's one device script: doctor, kernel compile (and the GPU-less NVRTC check), conformance + micro-benchmarks,
+# the PyTorch comparison, and a merged report. Run from the repository root on the GPU machine:
+#   bash scripts/device/run.sh
+# It expects the statically linked release binary at .device/kiln (built on the development machine with
+#   swift build -c release --static-swift-stdlib -Xlinker -s --scratch-path .build-release
+# and copied there). Results go to $OUT (default /tmp/kiln-out).
+set -uo pipefail
+OUT=${OUT:-/tmp/kiln-out}
+mkdir -p "$OUT"
+BIN=${KILN_BIN:-.device/kiln}
+export KILN_KERNEL_DIR=${KILN_KERNEL_DIR:-$PWD/Sources/KilnCUDA/Kernels}
+export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
+LOG=$OUT/device.log
+{
+  echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+  echo "== kiln doctor"; $BIN doctor; echo "rc=$?"
+  echo "== kiln compile (fills the cache)"; $BIN compile; echo "rc=$?"
+  echo "== kiln compile (again: from the cache)"; $BIN compile; echo "rc=$?"
+  WHEEL_LIBS=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)
+  echo "== kiln compile --arch sm_90a --check with the pip wheel's NVRTC ($WHEEL_LIBS)"
+  KILN_CUDA_LIBS=$WHEEL_LIBS $BIN compile --arch sm_90a --check; echo "rc=$?"
+} 2>&1 | tee "$LOG"
+echo "== PyTorch reference"
+PYTHONUNBUFFERED=1 python3 scripts/device/bench_torch.py --json "$OUT/torch.json" 2>&1 | tee -a "$LOG"
+echo "== kiln selftest --gpu"
+$BIN selftest --gpu --json "$OUT/kiln.json" ${KILN_SELFTEST_ARGS:-} 2>&1 | tee "$OUT/selftest.txt"
+echo "selftest rc=${PIPESTATUS[0]}"
+if [ -f "$OUT/kiln.json" ]; then
+  python3 scripts/device/report.py "$OUT/kiln.json" "$OUT/torch.json" > "$OUT/results.md" && cat "$OUT/results.md"
+fi
