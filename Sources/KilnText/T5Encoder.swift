@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import KilnBackends
+import KilnCore
+import KilnModels
+
+/// Hyperparameters of a T5 encoder, from a transformers `config.json`.
+public struct T5Config: Equatable, Sendable {
+    public var vocabSize = 32128
+    public var dModel = 4096
+    public var dKV = 64
+    public var dFF = 10240
+    public var layers = 24
+    public var heads = 64
+    public var buckets = 32
+    public var maxDistance = 128
+    public var layerNormEps: Float = 1e-6
+
+    public init() {}
+
+    /// Reads `config.json`; only the gated-GELU (`gelu_new`) feed-forward of T5 v1.1 is supported.
+    public init(path: String) throws {
+        let json = try FileIO.readJSON(path)
+        func int(_ key: String, _ fallback: Int) throws -> Int {
+            guard let value = json[key], value != .null else { return fallback }
+            guard let n = value.int, n > 0 else { throw KilnError.corruptFile(path: path, reason: "\(key) is not a positive integer") }
+            return n
+        }
+        vocabSize = try int("vocab_size", vocabSize)
+        dModel = try int("d_model", dModel)
+        dKV = try int("d_kv", dKV)
+        dFF = try int("d_ff", dFF)
+        layers = try int("num_layers", layers)
+        heads = try int("num_heads", heads)
+        buckets = try int("relative_attention_num_buckets", buckets)
+        maxDistance = try int("relative_attention_max_distance", maxDistance)
+        if let eps = json["layer_norm_epsilon"]?.number { layerNormEps = Float(eps) }
+        let projection = json["feed_forward_proj"]?.string ?? "gated-gelu"
+        let activation = json["dense_act_fn"]?.string ?? "gelu_new"
+        guard projection == "gated-gelu" || (projection.hasPrefix("gated-") && activation == "gelu_new") else {
+            throw KilnError.unsupported("\(path): feed_forward_proj \(projection) is not supported (gated-gelu is)")
+        }
+    }
+
+    /// T5's bidirectional relative-position bucket of `relative = key − query`, computed in float32 as
+    /// transformers does (`T5Attention._relative_position_bucket`).
+    public func bucket(_ relative: Int) -> Int {
+        let half = buckets / 2
+        var result = relative > 0 ? half : 0
+        let n = abs(relative)
+        let maxExact = half / 2
+        if n < maxExact { return result + n }
+        let scaled = Float(logf(Float(n) / Float(maxExact))) / Float(log(Double(maxDistance) / Double(maxExact)))
+            * Float(half - maxExact)
+        result += min(maxExact + Int(scaled), half - 1)
+        return result
+    }
+}
+
+struct T5Block<B: Backend> {
+    let attentionNorm: B.Tensor
+    let q, k, v, o: Linear<B>
+    let ffNorm: B.Tensor
+    let wi0, wi1, wo: Linear<B>
+
+    init(_ loader: WeightLoader<B>, config: T5Config) throws {
+        let inner = config.heads * config.dKV
+        let attention = loader.scoped("layer.0")
+        attentionNorm = try attention.vector("layer_norm.weight", count: config.dModel)
+        q = try attention.linear("SelfAttention.q", in: config.dModel, out: inner, bias: false)
+        k = try attention.linear("SelfAttention.k", in: config.dModel, out: inner, bias: false)
+        v = try attention.linear("SelfAttention.v", in: config.dModel, out: inner, bias: false)
+        o = try attention.linear("SelfAttention.o", in: inner, out: config.dModel, bias: false)
+        let ff = loader.scoped("layer.1")
+        ffNorm = try ff.vector("layer_norm.weight", count: config.dModel)
+        wi0 = try ff.linear("DenseReluDense.wi_0", in: config.dModel, out: config.dFF, bias: false)
+        wi1 = try ff.linear("DenseReluDense.wi_1", in: config.dModel, out: config.dFF, bias: false)
+        wo = try ff.linear("DenseReluDense.wo", in: config.dFF, out: config.dModel, bias: false)
+    }
+}
+
+/// T5's encoder stack (transformers' `T5EncoderModel`, v1.1 flavour as in FLUX): embeddings, pre-RMS-norm blocks with
+/// unscaled self-attention plus a relative-position bias (computed by block 0's table, shared by all blocks), a
+/// gated-GELU feed-forward, and a final RMS norm. Like FluxPipeline, it attends to every position (no padding mask).
+public struct T5Encoder<B: Backend> {
+    public let config: T5Config
+    let embedding: HostTensor
+    /// `[buckets, heads]`.
+    let relativeBias: HostTensor
+    let blocks: [T5Block<B>]
+    let finalNorm: B.Tensor
+
+    /// Loads `config.json` and the safetensors (one file or an indexed set of shards) of a `text_encoder_2/` folder.
+    public init(folder: String, backend: B) throws {
+        let config = try T5Config(path: try TokenizerFiles.require(folder, "config.json"))
+        let checkpoint = try Checkpoint(path: folder)
+        try self.init(config: config, loader: WeightLoader(backend: backend, source: CheckpointWeights(checkpoint)),
+                      embeddingName: checkpoint.contains("encoder.embed_tokens.weight") ? "encoder.embed_tokens.weight" : "shared.weight")
+    }
+
+    /// Loads the weights through `loader` under transformers' names (`shared.weight`, `encoder.block.N…`).
+    public init(config: T5Config, loader: WeightLoader<B>, embeddingName: String = "shared.weight") throws {
+        self.config = config
+        embedding = try loader.host(embeddingName, shape: [config.vocabSize, config.dModel])
+        let encoder = loader.scoped("encoder")
+        relativeBias = try encoder.host("block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                        shape: [config.buckets, config.heads])
+        blocks = try (0..<config.layers).map { try T5Block(encoder.scoped("block.\($0)"), config: config) }
+        finalNorm = try encoder.vector("final_layer_norm.weight", count: config.dModel)
+    }
+
+    /// The position bias `[heads, L, L]`: `bias[h, i, j] = table[bucket(j − i), h]`.
+    public func positionBias(length: Int) -> HostTensor {
+        let h = config.heads
+        var bias = HostTensor(shape: [h, length, length])
+        let buckets = (-(length - 1)...(length - 1)).map { config.bucket($0) }
+        for head in 0..<h {
+            for i in 0..<length {
+                for j in 0..<length {
+                    bias.data[(head * length + i) * length + j] = relativeBias.data[buckets[j - i + length - 1] * h + head]
+                }
+            }
+        }
+        return bias
+    }
+
+    /// The last hidden state `[1, L, d_model]` for one sequence of ids.
+    public func callAsFunction(ids: [Int], _ backend: B) throws -> B.Tensor {
+        guard !ids.isEmpty else { throw KilnError.invalidArgument("T5 needs at least one token") }
+        if let bad = ids.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
+            throw KilnError.invalidArgument("token id \(bad) is outside T5's vocabulary of \(config.vocabSize)")
+        }
+        var x = backend.tensor(Embedding.gather(embedding, ids))
+        let lanes = AttentionBiasLanes(bias: positionBias(length: ids.count), batch: 1, heads: config.heads, scale: 1)
+            .upload(backend)
+        let eps = config.layerNormEps
+        for block in blocks {
+            let normed = backend.rmsNorm(x, weight: block.attentionNorm, eps: eps)
+            let attended = backend.attentionWithBias(q: block.q(normed, backend), k: block.k(normed, backend),
+                                                     v: block.v(normed, backend), heads: config.heads, scale: 1,
+                                                     lanes: lanes)
+            x = backend.add(x, block.o(attended, backend))
+            let normed2 = backend.rmsNorm(x, weight: block.ffNorm, eps: eps)
+            let gated = backend.multiply(block.wi0(normed2, backend, activation: .geluTanh), block.wi1(normed2, backend))
+            x = backend.add(x, block.wo(gated, backend))
+        }
+        return backend.rmsNorm(x, weight: finalNorm, eps: eps)
+    }
+}

@@ -1,0 +1,117 @@
+import KilnBackends
+import KilnCore
+
+/// Operations the text encoders need that the op interface does not have, composed from the ops it has.
+///
+/// A backend can later implement them natively (see the report on issue 3):
+/// - `attention` with an additive bias `[H, Lq, Lk]` (T5's relative positions; CLIP's causal mask),
+/// - an elementwise product (T5's gated feed-forward),
+/// - quick-GELU (CLIP's MLP).
+extension Backend {
+    /// Multi-head attention whose scores get an additive bias before the softmax:
+    /// `softmax(scale · q·kᵀ + bias[h]) · v`, with `q`, `k`, `v` `[B, L, H·D]` and `bias` `[H, L, L]` (host).
+    ///
+    /// Composed from the plain `attention` op by widening each head: `q' = [q, e_i / scale]`,
+    /// `k' = [k, bias[h, :, j]]` and `v' = [v, 0]`, so that `scale · q'·k'ᵀ = scale · q·kᵀ + bias` exactly
+    /// (the added products are one bias value and zeros). `-infinity` in the bias (masking) is stored as a large
+    /// finite negative number. Costs `L` extra lanes per head; a native op should replace it.
+    public func attentionWithBias(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float,
+                                  bias: HostTensor) -> Tensor {
+        let widened = AttentionBiasLanes(bias: bias, batch: shape(q)[0], heads: heads, scale: scale)
+        return attentionWithBias(q: q, k: k, v: v, heads: heads, scale: scale, lanes: widened.upload(self))
+    }
+
+    /// `attentionWithBias` with the widening lanes uploaded once and reused (e.g. for every layer).
+    public func attentionWithBias(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float,
+                                  lanes: AttentionBiasLanes.Uploaded<Tensor>) -> Tensor {
+        let s = shape(q)
+        let (batch, length, width) = (s[0], s[1], s[2])
+        let d = width / heads
+        func widen(_ x: Tensor, _ extra: Tensor) -> Tensor {
+            let joined = concat([reshape(x, [batch, length, heads, d]), extra], axis: 3)
+            return reshape(joined, [batch, length, heads * (d + length)])
+        }
+        let out = attention(q: widen(q, lanes.query), k: widen(k, lanes.key), v: widen(v, lanes.value),
+                            heads: heads, scale: scale, keyMask: nil)
+        let perHead = slice(reshape(out, [batch, length, heads, d + length]), axis: 3, 0..<d)
+        return reshape(perHead, [batch, length, width])
+    }
+
+    /// `a * b` elementwise for equal shapes, composed from `scaleChannels` over rows of one token.
+    public func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
+        let s = shape(a)
+        let c = s.last!
+        let rows = s.reduce(1, *) / c
+        return reshape(scaleChannels(reshape(a, [rows, 1, c]), by: reshape(b, [rows, c])), s)
+    }
+
+    /// `x · sigmoid(1.702 x)` (CLIP's quick-GELU), as `silu(1.702 x) / 1.702`.
+    public func quickGELU(_ x: Tensor) -> Tensor {
+        affine(activation(affine(x, scale: 1.702, shift: 0), .silu), scale: 1 / 1.702, shift: 0)
+    }
+}
+
+/// The extra lanes that fold an additive attention bias into plain attention (see `attentionWithBias`).
+public struct AttentionBiasLanes {
+    /// `[B, L, H, L]`: one-hot of the query position, divided by the softmax scale.
+    public let query: HostTensor
+    /// `[B, L, H, L]`: for key `j` and head `h`, the bias column `bias[h, :, j]`.
+    public let key: HostTensor
+    /// `[B, L, H, L]` zeros.
+    public let value: HostTensor
+
+    /// Stands in for −∞ (masked scores): finite, so that zero lanes times it stay zero.
+    public static let masked: Float = -1e30
+
+    public struct Uploaded<Tensor> {
+        public let query: Tensor
+        public let key: Tensor
+        public let value: Tensor
+    }
+
+    /// `bias` is `[H, L, L]`, or `[1, L, L]` for one bias shared by all heads.
+    public init(bias: HostTensor, batch: Int, heads: Int, scale: Float) {
+        precondition(bias.shape.count == 3 && bias.shape[1] == bias.shape[2] && (bias.shape[0] == heads || bias.shape[0] == 1),
+                     "attention bias \(bias.shape) for \(heads) heads")
+        let length = bias.shape[1]
+        let shared = bias.shape[0] == 1
+        let count = batch * length * heads * length
+        var q = [Float](repeating: 0, count: count)
+        var k = [Float](repeating: 0, count: count)
+        for b in 0..<batch {
+            for position in 0..<length {
+                for h in 0..<heads {
+                    let row = ((b * length + position) * heads + h) * length
+                    q[row + position] = 1 / scale
+                    let head = shared ? 0 : h
+                    for i in 0..<length {
+                        let value = bias.data[(head * length + i) * length + position]
+                        k[row + i] = value == -.infinity ? AttentionBiasLanes.masked : value
+                    }
+                }
+            }
+        }
+        let shape = [batch, length, heads, length]
+        query = HostTensor(shape: shape, data: q)
+        key = HostTensor(shape: shape, data: k)
+        value = HostTensor(shape: shape, repeating: 0)
+    }
+
+    public func upload<B: Backend>(_ backend: B) -> Uploaded<B.Tensor> {
+        Uploaded(query: backend.tensor(query), key: backend.tensor(key), value: backend.tensor(value))
+    }
+}
+
+/// Rows of an embedding table gathered on the host (the op interface has no gather).
+enum Embedding {
+    static func gather(_ table: HostTensor, _ ids: [Int]) -> HostTensor {
+        let width = table.shape[1]
+        var out = [Float](repeating: 0, count: ids.count * width)
+        for (row, id) in ids.enumerated() {
+            precondition(id >= 0 && id < table.shape[0], "token id \(id) outside the embedding table of \(table.shape[0]) rows")
+            let source = id * width
+            for c in 0..<width { out[row * width + c] = table.data[source + c] }
+        }
+        return HostTensor(shape: [1, ids.count, width], data: out)
+    }
+}
