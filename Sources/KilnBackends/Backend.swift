@@ -43,6 +43,8 @@ public protocol Backend: AnyObject {
     func host(_ tensor: Tensor) -> HostTensor
     /// The shape of a tensor.
     func shape(_ tensor: Tensor) -> [Int]
+    /// Waits until all queued work is done (a no-op for synchronous backends); for timing stages.
+    func synchronize() throws
 
     // MARK: layout
     /// The same elements with another shape of equal count.
@@ -122,6 +124,8 @@ public struct Padding: Equatable, Sendable {
 }
 
 extension Backend {
+    public func synchronize() throws {}
+
     public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor {
         modulate(layerNorm(x, weight: nil, bias: nil, eps: eps), shift: shift, scale: scale)
     }

@@ -40,10 +40,21 @@ public final class MappedFile: @unchecked Sendable {
 public enum FileIO {
     static func lastError() -> String { String(cString: strerror(errno)) }
 
-    /// The bytes of a file.
+    /// The bytes of a file (read in chunks, so files whose size the kernel reports as 0, like /proc's, work too).
     public static func read(_ path: String) throws -> [UInt8] {
-        let file = try MappedFile(path: path)
-        return Array(file.bytes)
+        guard !isDirectory(path) else { throw KilnError.unreadable(path: path, reason: "is a directory") }
+        guard let file = fopen(path, "rb") else { throw KilnError.unreadable(path: path, reason: lastError()) }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
+            bytes += chunk[0..<count]
+            if count < chunk.count {
+                guard ferror(file) == 0 else { throw KilnError.unreadable(path: path, reason: "read failed") }
+                return bytes
+            }
+        }
     }
 
     /// The UTF-8 text of a file; invalid UTF-8 is an error naming the file.

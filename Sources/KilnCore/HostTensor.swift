@@ -66,3 +66,12 @@ public struct HostTensor: Equatable, Sendable {
         return norm == 0 ? difference.squareRoot() : (difference / norm).squareRoot()
     }
 }
+
+extension HostTensor {
+    /// The items of the leading (batch) dimension, each without it.
+    public func batchItems() -> [HostTensor] {
+        let itemShape = Array(shape.dropFirst())
+        let size = itemShape.reduce(1, *)
+        return (0..<shape[0]).map { HostTensor(shape: itemShape, data: Array(data[($0 * size)..<(($0 + 1) * size)])) }
+    }
+}

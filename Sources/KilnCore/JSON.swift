@@ -59,6 +59,7 @@ public indirect enum JSON: Equatable, Sendable {
         case .null: return "null"
         case let .bool(b): return b ? "true" : "false"
         case let .number(n):
+            if !n.isFinite { return "null" }
             if n.rounded() == n && abs(n) < 1e15 { return String(Int64(n)) }
             return "\(n)"
         case let .string(s): return JSON.quote(s)

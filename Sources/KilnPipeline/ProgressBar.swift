@@ -7,27 +7,21 @@ import Glibc
 public final class ProgressBar {
     let label: String
     let interactive: Bool
-    var start = ProgressBar.now()
+    var start = MonotonicClock.now()
 
     public init(label: String) {
         self.label = label
         interactive = isatty(2) != 0
     }
 
-    static func now() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
-    }
-
     /// Restarts the clock (e.g. after loading).
-    public func reset() { start = ProgressBar.now() }
+    public func reset() { start = MonotonicClock.now() }
 
     /// Shows `done` of `total`.
     public func update(_ done: Int, of total: Int) {
         let width = 30
         let filled = total == 0 ? width : done * width / total
-        let elapsed = ProgressBar.now() - start
+        let elapsed = MonotonicClock.now() - start
         let rate = done > 0 ? elapsed / Double(done) : 0
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
         let line = "\(label) [\(bar)] \(done)/\(total)  \(ProgressBar.format(rate)) s/step"

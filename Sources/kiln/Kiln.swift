@@ -9,7 +9,7 @@ struct Kiln: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "FLUX.1 text-to-image, natively.",
-        subcommands: [GenerateCommand.self, InspectCommand.self])
+        subcommands: [GenerateCommand.self, InspectCommand.self, BenchCommand.self])
 }
 
 /// Runs a command body and turns Kiln's errors into one line on stderr and exit code 1.

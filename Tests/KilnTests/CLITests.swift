@@ -169,3 +169,18 @@ final class CLITests: XCTestCase {
                            mentioning: "'latents' has shape [1, 16, 12, 20], expected [1, 16, 16, 16]")
     }
 }
+
+extension CLITests {
+    func testBenchPrintsStageTimesAsJSON() throws {
+        let path = directory + "/bench.json"
+        let result = try kiln(["bench", "--steps", "2", "--runs", "1", "--width", "64", "--height", "64", "--json", path])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let report = try FileIO.readJSON(path)
+        XCTAssertEqual(report["device"]?.string, "cpu")
+        XCTAssertEqual(report["step_ms"]?.array?.count, 2)
+        XCTAssertGreaterThan(try XCTUnwrap(report["step_median_ms"]?.number), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(report["vae_decode_median_ms"]?.number), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(report["process_start_to_first_image_s"]?.number), 0)
+        XCTAssertEqual(try JSON.parse(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), report)
+    }
+}

@@ -93,3 +93,13 @@ final class FluxTransformerTests: XCTestCase {
         XCTAssertEqual(FluxConfig.dev.parameterCount, FluxWeightNames.expected(.dev).reduce(0) { $0 + $1.shape.reduce(1, *) })
     }
 }
+
+final class FluxBudgetTests: XCTestCase {
+    /// DESIGN.md §4: one FLUX.1 step at 1024² (4096 + 512 tokens) is ≈ 59.4 TFLOP of linear layers and
+    /// ≈ 14.9 TFLOP of attention, ≈ 74 TFLOP in all.
+    func testStepFLOPsMatchTheBudget() {
+        let flops = FluxConfig.dev.stepFLOPs(imageTokens: 4096, textTokens: 512)
+        XCTAssertEqual(flops / 1e12, 74.3, accuracy: 0.3)
+        XCTAssertEqual(FluxConfig.dev.parameterCount, 11_901_408_320)
+    }
+}

@@ -103,6 +103,21 @@ public struct FluxConfig: Equatable, Sendable {
     /// Latent channels before 2×2 packing (16 for FLUX).
     public var latentChannels: Int { inChannels / 4 }
 
+    /// Floating-point operations (2 per multiply-add) of one transformer step for one image of `imageTokens` packed
+    /// latent tokens and `textTokens` text tokens: the token-wise linear layers of all blocks, attention (QKᵀ and PV),
+    /// and the per-step modulation vectors. Embedders and the final layer are left out (under 0.1%).
+    public func stepFLOPs(imageTokens: Int, textTokens: Int) -> Double {
+        let h = Double(hidden)
+        let tokens = Double(imageTokens + textTokens)
+        let mlp = Double(mlpHidden)
+        let doubleLinear = 4 * h * h + 2 * h * mlp
+        let singleLinear = h * (3 * h + mlp) + (h + mlp) * h
+        let linear = 2 * tokens * (Double(doubleBlocks) * doubleLinear + Double(singleBlocks) * singleLinear)
+        let attention = Double(doubleBlocks + singleBlocks) * 4 * tokens * tokens * h
+        let modulation = 2 * (Double(doubleBlocks) * 12 * h * h + Double(singleBlocks) * 3 * h * h + 2 * h * h)
+        return linear + attention + modulation
+    }
+
     /// Parameter count of the transformer with this shape.
     public var parameterCount: Int {
         let h = hidden

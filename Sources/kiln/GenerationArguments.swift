@@ -1,0 +1,115 @@
+import ArgumentParser
+import KilnBackends
+import KilnCore
+import KilnModels
+import KilnPipeline
+
+/// The options `generate` and `bench` share: which model, which image, which inputs.
+struct GenerationArguments: ParsableArguments {
+    @Option(help: "A diffusers FLUX folder, or a BFL single-file transformer (.safetensors) with ae.safetensors beside it.")
+    var model: String?
+
+    @Option(help: "The BFL autoencoder file, when it is not ae.safetensors beside the transformer.")
+    var vae: String?
+
+    @Option(help: "The prompt.")
+    var prompt: String?
+
+    @Option(help: "Image width, a multiple of 16 (default 1024; 256 for the random tiny model).")
+    var width: Int?
+
+    @Option(help: "Image height, a multiple of 16 (default 1024; 256 for the random tiny model).")
+    var height: Int?
+
+    @Option(help: "Denoising steps (default 28 for dev, 4 for schnell).")
+    var steps: Int?
+
+    @Option(help: "Guidance scale (dev models only).")
+    var guidance: Float = 3.5
+
+    @Option(help: "Seed of the initial noise.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Images per run (each with seed + index).")
+    var batch: Int = 1
+
+    @Option(help: "cpu or cuda.")
+    var device: String = "cpu"
+
+    @Option(help: "safetensors with `latents` float32 [B, 16, H/8, W/8]: the initial noise, unpacked.")
+    var latents: String?
+
+    @Option(help: "safetensors with `prompt_embeds` [B, T, joint_dim] and `pooled_prompt_embeds` [B, pooled_dim]; skips the text encoders.")
+    var promptEmbeds: String?
+
+    /// The size, steps and seed asked for, validated.
+    func generationOptions() throws -> GenerationOptions {
+        if let prompt, prompt.isEmpty, promptEmbeds == nil {
+            throw KilnError.invalidArgument("the prompt is empty")
+        }
+        var options = GenerationOptions()
+        let fallback = model == nil ? 256 : 1024
+        options.width = width ?? fallback
+        options.height = height ?? fallback
+        options.steps = steps
+        options.guidance = guidance
+        options.seed = seed
+        options.batch = batch
+        try options.validate()
+        return options
+    }
+
+    /// Loads the model and every input; everything that can fail on bad input fails here, before any work starts.
+    func prepare<B: Backend>(on backend: B) throws -> PreparedGeneration<B> {
+        let options = try generationOptions()
+        let pipeline: TextToImagePipeline<B>
+        let description: String
+        if let model {
+            let files = try ModelFiles(path: model, vaePath: vae)
+            pipeline = try TextToImagePipeline(files: files, backend: backend)
+            description = "\(files.layout.rawValue) FLUX.1-\(files.variant) from \(model)"
+        } else {
+            pipeline = try TinyModel.pipeline(backend: backend)
+            description = "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
+        }
+        let embeddings: PromptEmbeddings
+        if let promptEmbeds {
+            embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
+        } else if model == nil {
+            embeddings = TinyModel.promptEmbeddings(for: prompt ?? "", batch: batch)
+        } else {
+            throw KilnError.unsupported("text encoders are not available yet: pass --prompt-embeds FILE")
+        }
+        let noise: HostTensor
+        if let latents {
+            let (h, w) = options.latentSize
+            noise = try Checkpoint(path: latents).tensor("latents", shape: [batch, pipeline.transformer.config.latentChannels, h, w])
+        } else {
+            noise = pipeline.initialNoise(options)
+        }
+        return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: noise, description: description)
+    }
+
+    static func loadPromptEmbeddings(_ path: String, batch: Int) throws -> PromptEmbeddings {
+        let file = try Checkpoint(path: path)
+        let sequence = try file.tensor("prompt_embeds")
+        let pooled = try file.tensor("pooled_prompt_embeds")
+        guard sequence.shape.count == 3, sequence.shape[0] == batch else {
+            throw KilnError.wrongShape(name: "prompt_embeds", expected: [batch, -1, -1], found: sequence.shape)
+        }
+        guard pooled.shape.count == 2, pooled.shape[0] == batch else {
+            throw KilnError.wrongShape(name: "pooled_prompt_embeds", expected: [batch, -1], found: pooled.shape)
+        }
+        return PromptEmbeddings(sequence: sequence, pooled: pooled)
+    }
+}
+
+/// A loaded pipeline with its inputs, ready to run.
+struct PreparedGeneration<B: Backend> {
+    var pipeline: TextToImagePipeline<B>
+    var options: GenerationOptions
+    var prompt: PromptEmbeddings
+    var noise: HostTensor
+    /// What runs, for the user.
+    var description: String
+}
