@@ -22,21 +22,14 @@ public struct CLIPTextConfig: Equatable, Sendable {
     public init(path: String) throws {
         var json = try FileIO.readJSON(path)
         if let text = json["text_config"], text != .null { json = text }
-        func int(_ key: String, _ fallback: Int) throws -> Int {
-            guard let value = json[key], value != .null else { return fallback }
-            guard let n = value.int, n > 0 || key == "eos_token_id" else {
-                throw KilnError.corruptFile(path: path, reason: "\(key) is not a positive integer")
-            }
-            return n
-        }
-        vocabSize = try int("vocab_size", vocabSize)
-        hidden = try int("hidden_size", hidden)
-        intermediate = try int("intermediate_size", intermediate)
-        layers = try int("num_hidden_layers", layers)
-        heads = try int("num_attention_heads", heads)
-        maxPositions = try int("max_position_embeddings", maxPositions)
-        eosTokenId = try int("eos_token_id", eosTokenId)
-        if let eps = json["layer_norm_eps"]?.number { layerNormEps = Float(eps) }
+        vocabSize = try json.positiveInt("vocab_size", default: vocabSize, in: path)
+        hidden = try json.positiveInt("hidden_size", default: hidden, in: path)
+        intermediate = try json.positiveInt("intermediate_size", default: intermediate, in: path)
+        layers = try json.positiveInt("num_hidden_layers", default: layers, in: path)
+        heads = try json.positiveInt("num_attention_heads", default: heads, in: path)
+        maxPositions = try json.positiveInt("max_position_embeddings", default: maxPositions, in: path)
+        eosTokenId = try json.positiveInt("eos_token_id", default: eosTokenId, in: path)
+        layerNormEps = Float(try json.finiteNumber("layer_norm_eps", default: Double(layerNormEps), in: path))
         if let act = json["hidden_act"]?.string { hiddenAct = act }
         guard hiddenAct == "quick_gelu" else {
             throw KilnError.unsupported("\(path): hidden_act \(hiddenAct) is not supported (quick_gelu is)")

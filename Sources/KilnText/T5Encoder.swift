@@ -24,20 +24,15 @@ public struct T5Config: Equatable, Sendable {
     /// Reads `config.json`; only the gated-GELU (`gelu_new`) feed-forward of T5 v1.1 is supported.
     public init(path: String) throws {
         let json = try FileIO.readJSON(path)
-        func int(_ key: String, _ fallback: Int) throws -> Int {
-            guard let value = json[key], value != .null else { return fallback }
-            guard let n = value.int, n > 0 else { throw KilnError.corruptFile(path: path, reason: "\(key) is not a positive integer") }
-            return n
-        }
-        vocabSize = try int("vocab_size", vocabSize)
-        dModel = try int("d_model", dModel)
-        dKV = try int("d_kv", dKV)
-        dFF = try int("d_ff", dFF)
-        layers = try int("num_layers", layers)
-        heads = try int("num_heads", heads)
-        buckets = try int("relative_attention_num_buckets", buckets)
-        maxDistance = try int("relative_attention_max_distance", maxDistance)
-        if let eps = json["layer_norm_epsilon"]?.number { layerNormEps = Float(eps) }
+        vocabSize = try json.positiveInt("vocab_size", default: vocabSize, in: path)
+        dModel = try json.positiveInt("d_model", default: dModel, in: path)
+        dKV = try json.positiveInt("d_kv", default: dKV, in: path)
+        dFF = try json.positiveInt("d_ff", default: dFF, in: path)
+        layers = try json.positiveInt("num_layers", default: layers, in: path)
+        heads = try json.positiveInt("num_heads", default: heads, in: path)
+        buckets = try json.positiveInt("relative_attention_num_buckets", default: buckets, in: path)
+        maxDistance = try json.positiveInt("relative_attention_max_distance", default: maxDistance, in: path)
+        layerNormEps = Float(try json.finiteNumber("layer_norm_epsilon", default: Double(layerNormEps), in: path))
         let projection = json["feed_forward_proj"]?.string ?? "gated-gelu"
         let activation = json["dense_act_fn"]?.string ?? "gelu_new"
         guard projection == "gated-gelu" || (projection.hasPrefix("gated-") && activation == "gelu_new") else {
