@@ -86,14 +86,21 @@ public final class TextToImagePipeline<B: Backend> {
         let steps = options.steps ?? defaultSteps
         let scheduler = FlowMatchEulerScheduler(config: schedulerConfig, steps: steps, imageTokens: rows * columns,
                                                 dynamicShift: !faults.contains(.noDynamicShift))
-        let guidance: [Float]? = config.guidanceEmbed ? [Float](repeating: options.guidance, count: batch) : nil
-        let text = backend.tensor(prompt.sequence)
-        let pooled = backend.tensor(prompt.pooled)
+        // Everything that depends only on the schedule, the guidance and the prompt is computed before the loop:
+        // conditioning vectors and all blocks' modulations for every step in one batch, text states, rotary tables.
+        let times = scheduler.timesteps.flatMap { [Float](repeating: $0 / 1000, count: batch) }
+        let guidance: [Float]? = config.guidanceEmbed ? [Float](repeating: options.guidance, count: steps * batch) : nil
+        let pooledPerStep = HostTensor(shape: [steps * batch, config.pooledDim],
+                                       data: Array(repeatElement(prompt.pooled.data, count: steps).joined()))
+        let vec = transformer.conditioning(timestep: times, guidance: guidance, pooled: backend.tensor(pooledPerStep), backend)
+        let allModulations = transformer.modulations(vec, backend)
+        let modulations = (0..<steps).map { allModulations.rows(($0 * batch)..<(($0 + 1) * batch), backend) }
+        let text = transformer.embedText(backend.tensor(prompt.sequence), backend)
+        let rope = transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, backend)
+
         var x = backend.tensor(LatentPacking.pack(latents))
         for step in 0..<steps {
-            let t = [Float](repeating: scheduler.timesteps[step] / 1000, count: batch)
-            let velocity = transformer(latents: x, text: text, pooled: pooled, timestep: t, guidance: guidance,
-                                       rows: rows, columns: columns, backend)
+            let velocity = transformer.step(latents: x, text: text, modulations: modulations[step], rope: rope, backend)
             x = backend.addScaled(x, velocity, alpha: scheduler.stepSize(step))
             progress?(step + 1, steps)
         }

@@ -35,15 +35,16 @@ final class FluxTransformerTests: XCTestCase {
         assertClose(model.embedText(try ref.tensor("encoder_hidden_states"), backend), try ref.tensor("double.0.txt_in"),
                     tolerance: 1e-5, "\(name) text embedding")
 
+        let modulations = model.modulations(vec, backend)
         for (i, block) in model.doubleBlocks.enumerated() {
             let out = block(image: try ref.tensor("double.\(i).img_in"), text: try ref.tensor("double.\(i).txt_in"),
-                            vec: vec, rope: rope, backend)
+                            modulation: modulations.double[i], rope: rope, backend)
             assertClose(out.image, try ref.tensor("double.\(i).img_out"), tolerance: 1e-4, "\(name) double block \(i) image")
             assertClose(out.text, try ref.tensor("double.\(i).txt_out"), tolerance: 1e-4, "\(name) double block \(i) text")
         }
         for (i, block) in model.singleBlocks.enumerated() {
             let joint = backend.concat([try ref.tensor("single.\(i).txt_in"), try ref.tensor("single.\(i).img_in")], axis: 1)
-            let out = block(joint, vec: vec, rope: rope.joint, backend)
+            let out = block(joint, modulation: modulations.single[i], rope: rope.joint, backend)
             let total = out.shape[1]
             assertClose(backend.slice(out, axis: 1, 0..<textTokens), try ref.tensor("single.\(i).txt_out"),
                         tolerance: 1e-4, "\(name) single block \(i) text")

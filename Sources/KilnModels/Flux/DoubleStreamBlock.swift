@@ -36,11 +36,17 @@ public struct DoubleStreamBlock<B: Backend> {
         heads = config.heads
     }
 
-    /// Runs the block on image tokens `[B, N, hidden]` and text tokens `[B, T, hidden]`.
-    public func callAsFunction(image img: B.Tensor, text txt: B.Tensor, vec: B.Tensor,
+    /// The block's modulation for conditioning vectors `vec` `[R, hidden]`: image attention, image MLP, text attention,
+    /// text MLP. It depends only on the timestep, guidance and pooled text, so all steps' are computed before the loop.
+    public func modulation(_ vec: B.Tensor, _ backend: B) -> [ModulationVectors<B.Tensor>] {
+        image.modulation(vec, backend) + text.modulation(vec, backend)
+    }
+
+    /// Runs the block on image tokens `[B, N, hidden]` and text tokens `[B, T, hidden]` with this step's modulation.
+    public func callAsFunction(image img: B.Tensor, text txt: B.Tensor, modulation: [ModulationVectors<B.Tensor>],
                                rope: FluxRotary<B.Tensor>?, _ backend: B) -> (image: B.Tensor, text: B.Tensor) {
-        let imageMod = image.modulation(vec, backend)
-        let textMod = text.modulation(vec, backend)
+        let imageMod = Array(modulation[0..<2])
+        let textMod = Array(modulation[2..<4])
 
         func projectQKV(_ x: B.Tensor, _ mod: ModulationVectors<B.Tensor>, _ stream: StreamWeights<B>) -> [B.Tensor] {
             let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)

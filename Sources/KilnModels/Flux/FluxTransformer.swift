@@ -58,6 +58,11 @@ public struct FluxTransformer<B: Backend> {
         return FluxRotary(joint: RotaryTable(cos: cos, sin: sin), text: part(0..<textTokens), image: part(textTokens..<total))
     }
 
+    /// The rotary tables the forward pass uses: `rotary(...)`, or none under the `ropeOff` fault.
+    public func positionEmbedding(textTokens: Int, rows: Int, columns: Int, _ backend: B) -> FluxRotary<B.Tensor>? {
+        faults.contains(.ropeOff) ? nil : rotary(textTokens: textTokens, rows: rows, columns: columns, backend)
+    }
+
     /// Embeds packed latents `[B, N, inChannels]`.
     public func embedImage(_ latents: B.Tensor, _ backend: B) -> B.Tensor {
         if faults.contains(.skippedBias) {
@@ -69,11 +74,37 @@ public struct FluxTransformer<B: Backend> {
     /// Embeds T5 states `[B, T, jointDim]`.
     public func embedText(_ states: B.Tensor, _ backend: B) -> B.Tensor { textIn(states, backend) }
 
+    /// Every block's modulation, and the final layer's shift and scale, for conditioning vectors `vec` `[R, hidden]`:
+    /// one GEMM per block over all R rows (e.g. every step of a run at once).
+    public func modulations(_ vec: B.Tensor, _ backend: B) -> FluxModulations<B.Tensor> {
+        let final = backend.chunk(finalModulation(backend.activation(vec, .silu), backend), 2)
+        return FluxModulations(double: doubleBlocks.map { $0.modulation(vec, backend) },
+                               single: singleBlocks.map { $0.modulation(vec, backend) },
+                               final: (shift: final[0], scale: final[1]))
+    }
+
     /// The final adaLN layer and projection of image tokens `[B, N, hidden]` to `[B, N, inChannels]`.
-    public func finalLayer(_ x: B.Tensor, vec: B.Tensor, _ backend: B) -> B.Tensor {
-        let parts = backend.chunk(finalModulation(backend.activation(vec, .silu), backend), 2)
-        let normed = backend.layerNormModulate(x, shift: parts[0], scale: parts[1], eps: 1e-6)
-        return finalLinear(normed, backend)
+    public func finalLayer(_ x: B.Tensor, shift: B.Tensor, scale: B.Tensor, _ backend: B) -> B.Tensor {
+        finalLinear(backend.layerNormModulate(x, shift: shift, scale: scale, eps: 1e-6), backend)
+    }
+
+    /// One step's flow prediction for packed latents `[B, rows·columns, inChannels]`, from text states already
+    /// embedded by `embedText` and this step's modulations.
+    public func step(latents: B.Tensor, text: B.Tensor, modulations: FluxModulations<B.Tensor>,
+                     rope: FluxRotary<B.Tensor>?, _ backend: B) -> B.Tensor {
+        let textTokens = backend.shape(text)[1]
+        var image = embedImage(latents, backend)
+        var txt = text
+        for (block, modulation) in zip(doubleBlocks, modulations.double) {
+            (image, txt) = block(image: image, text: txt, modulation: modulation, rope: rope, backend)
+        }
+        var joint = backend.concat([txt, image], axis: 1)
+        for (block, modulation) in zip(singleBlocks, modulations.single) {
+            joint = block(joint, modulation: modulation, rope: rope?.joint, backend)
+        }
+        let total = backend.shape(joint)[1]
+        return finalLayer(backend.slice(joint, axis: 1, textTokens..<total), shift: modulations.final.shift,
+                          scale: modulations.final.scale, backend)
     }
 
     /// Predicts the flow (velocity) for packed latents `[B, rows·columns, inChannels]` given T5 states
@@ -82,17 +113,22 @@ public struct FluxTransformer<B: Backend> {
                                rows: Int, columns: Int, _ backend: B) -> B.Tensor {
         let vec = conditioning(timestep: timestep, guidance: guidance, pooled: pooled, backend)
         let textTokens = backend.shape(text)[1]
-        let rope = faults.contains(.ropeOff) ? nil : rotary(textTokens: textTokens, rows: rows, columns: columns, backend)
-        var image = embedImage(latents, backend)
-        var txt = embedText(text, backend)
-        for block in doubleBlocks {
-            (image, txt) = block(image: image, text: txt, vec: vec, rope: rope, backend)
-        }
-        var joint = backend.concat([txt, image], axis: 1)
-        for block in singleBlocks {
-            joint = block(joint, vec: vec, rope: rope?.joint, backend)
-        }
-        let total = backend.shape(joint)[1]
-        return finalLayer(backend.slice(joint, axis: 1, textTokens..<total), vec: vec, backend)
+        let rope = positionEmbedding(textTokens: textTokens, rows: rows, columns: columns, backend)
+        return step(latents: latents, text: embedText(text, backend), modulations: modulations(vec, backend), rope: rope, backend)
+    }
+}
+
+/// All modulation vectors of one transformer evaluation: per double block four triples (image attention, image MLP,
+/// text attention, text MLP), per single block one, and the final layer's shift and scale.
+public struct FluxModulations<Tensor> {
+    public var double: [[ModulationVectors<Tensor>]]
+    public var single: [ModulationVectors<Tensor>]
+    public var final: (shift: Tensor, scale: Tensor)
+
+    /// The modulations of rows `range` (one step's batch out of all steps computed at once).
+    public func rows<B: Backend>(_ range: Range<Int>, _ backend: B) -> FluxModulations where B.Tensor == Tensor {
+        FluxModulations(double: double.map { $0.map { $0.rows(range, backend) } },
+                        single: single.map { $0.rows(range, backend) },
+                        final: (backend.slice(final.shift, axis: 0, range), backend.slice(final.scale, axis: 0, range)))
     }
 }

@@ -5,6 +5,12 @@ public struct ModulationVectors<Tensor> {
     public var shift: Tensor
     public var scale: Tensor
     public var gate: Tensor
+
+    /// The same vectors for rows `range` of a batch computed for several steps at once.
+    public func rows<B: Backend>(_ range: Range<Int>, _ backend: B) -> ModulationVectors where B.Tensor == Tensor {
+        ModulationVectors(shift: backend.slice(shift, axis: 0, range), scale: backend.slice(scale, axis: 0, range),
+                          gate: backend.slice(gate, axis: 0, range))
+    }
 }
 
 /// adaLN modulation: `Linear(SiLU(vec))` split into `count` triples of shift, scale and gate.

@@ -3,7 +3,7 @@ import KilnBackends
 /// A FLUX single-stream block over the joint sequence: one fused projection to Q, K, V and the MLP input,
 /// attention and GELU side by side, one output projection of both.
 public struct SingleStreamBlock<B: Backend> {
-    let modulation: Modulation<B>
+    let modulationLayer: Modulation<B>
     let linear1: Linear<B>
     let linear2: Linear<B>
     let queryNorm: B.Tensor
@@ -16,16 +16,21 @@ public struct SingleStreamBlock<B: Backend> {
         let h = config.hidden
         hidden = h
         heads = config.heads
-        modulation = try Modulation(loader.scoped("modulation"), hidden: h, count: 1)
+        modulationLayer = try Modulation(loader.scoped("modulation"), hidden: h, count: 1)
         linear1 = try loader.linear("linear1", in: h, out: 3 * h + config.mlpHidden)
         linear2 = try loader.linear("linear2", in: h + config.mlpHidden, out: h)
         queryNorm = try loader.vector("norm.query_norm.scale", count: config.headDim)
         keyNorm = try loader.vector("norm.key_norm.scale", count: config.headDim)
     }
 
-    /// Runs the block on the joint sequence `[B, T + N, hidden]`.
-    public func callAsFunction(_ x: B.Tensor, vec: B.Tensor, rope: RotaryTable<B.Tensor>?, _ backend: B) -> B.Tensor {
-        let mod = modulation(vec, backend)[0]
+    /// The block's shift, scale and gate for conditioning vectors `vec` `[R, hidden]`.
+    public func modulation(_ vec: B.Tensor, _ backend: B) -> ModulationVectors<B.Tensor> {
+        modulationLayer(vec, backend)[0]
+    }
+
+    /// Runs the block on the joint sequence `[B, T + N, hidden]` with this step's modulation.
+    public func callAsFunction(_ x: B.Tensor, modulation mod: ModulationVectors<B.Tensor>, rope: RotaryTable<B.Tensor>?,
+                               _ backend: B) -> B.Tensor {
         let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)
         let projected = linear1(normed, backend)
         let width = backend.shape(projected)[2]
