@@ -79,6 +79,8 @@ public struct CLIPTextModel<B: Backend> {
     let positionEmbedding: HostTensor
     let layers: [CLIPEncoderLayer<B>]
     let finalNorm: NormWeights<B>
+    /// Deliberate wiring bugs for mutation tests; empty in normal use.
+    public var faults: TextFaults = []
 
     /// Loads `config.json` and the safetensors (one file or an indexed set of shards) of a `text_encoder/` folder.
     public init(folder: String, backend: B) throws {
@@ -125,7 +127,9 @@ public struct CLIPTextModel<B: Backend> {
         var x = backend.tensor(embedded)
 
         var causal = HostTensor(shape: [1, length, length])
-        for i in 0..<length { for j in 0..<length where j > i { causal.data[i * length + j] = -.infinity } }
+        if !faults.contains(.noCausalMask) {
+            for i in 0..<length { for j in 0..<length where j > i { causal.data[i * length + j] = -.infinity } }
+        }
         let headDim = h / config.heads
         let scale = 1 / Float(headDim).squareRoot()
         let lanes = AttentionBiasLanes(bias: causal, batch: 1, heads: config.heads, scale: scale).upload(backend)
@@ -139,8 +143,9 @@ public struct CLIPTextModel<B: Backend> {
             let normed2 = backend.layerNorm(x, weight: layer.norm2.weight, bias: layer.norm2.bias, eps: config.layerNormEps)
             x = backend.add(x, layer.fc2(backend.quickGELU(layer.fc1(normed2, backend)), backend))
         }
-        let last = backend.layerNorm(x, weight: finalNorm.weight, bias: finalNorm.bias, eps: config.layerNormEps)
-        let position = pooledPosition(ids)
+        let last = faults.contains(.noFinalNorm)
+            ? x : backend.layerNorm(x, weight: finalNorm.weight, bias: finalNorm.bias, eps: config.layerNormEps)
+        let position = faults.contains(.pooledAtLastToken) ? length - 1 : pooledPosition(ids)
         let pooled = backend.reshape(backend.slice(last, axis: 1, position..<(position + 1)), [1, h])
         return (last, pooled)
     }

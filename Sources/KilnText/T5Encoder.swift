@@ -87,6 +87,8 @@ public struct T5Encoder<B: Backend> {
     let relativeBias: HostTensor
     let blocks: [T5Block<B>]
     let finalNorm: B.Tensor
+    /// Deliberate wiring bugs for mutation tests; empty in normal use.
+    public var faults: TextFaults = []
 
     /// Loads `config.json` and the safetensors (one file or an indexed set of shards) of a `text_encoder_2/` folder.
     public init(folder: String, backend: B) throws {
@@ -111,11 +113,12 @@ public struct T5Encoder<B: Backend> {
     public func positionBias(length: Int) -> HostTensor {
         let h = config.heads
         var bias = HostTensor(shape: [h, length, length])
-        let buckets = (-(length - 1)...(length - 1)).map { config.bucket($0) }
+        let buckets = (-(length - 1)...(length - 1)).map { config.bucket(faults.contains(.bucketsMirrored) ? -$0 : $0) }
         for head in 0..<h {
             for i in 0..<length {
                 for j in 0..<length {
-                    bias.data[(head * length + i) * length + j] = relativeBias.data[buckets[j - i + length - 1] * h + head]
+                    bias.data[(head * length + i) * length + j] = faults.contains(.noPositionBias)
+                        ? 0 : relativeBias.data[buckets[j - i + length - 1] * h + head]
                 }
             }
         }
@@ -139,9 +142,11 @@ public struct T5Encoder<B: Backend> {
                                                      lanes: lanes)
             x = backend.add(x, block.o(attended, backend))
             let normed2 = backend.rmsNorm(x, weight: block.ffNorm, eps: eps)
-            let gated = backend.multiply(block.wi0(normed2, backend, activation: .geluTanh), block.wi1(normed2, backend))
+            let gated = faults.contains(.gateSwapped)
+                ? backend.multiply(block.wi1(normed2, backend, activation: .geluTanh), block.wi0(normed2, backend))
+                : backend.multiply(block.wi0(normed2, backend, activation: .geluTanh), block.wi1(normed2, backend))
             x = backend.add(x, block.wo(gated, backend))
         }
-        return backend.rmsNorm(x, weight: finalNorm, eps: eps)
+        return faults.contains(.noFinalNorm) ? x : backend.rmsNorm(x, weight: finalNorm, eps: eps)
     }
 }

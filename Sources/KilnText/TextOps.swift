@@ -115,3 +115,23 @@ enum Embedding {
         return HostTensor(shape: [1, ids.count, width], data: out)
     }
 }
+
+/// Deliberate wiring bugs in the text encoders, switched on only by the mutation tests to prove that the reference
+/// comparisons fail when the model is wrong. Production code never sets them.
+public struct TextFaults: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+
+    /// CLIP attends to later tokens too.
+    public static let noCausalMask = TextFaults(rawValue: 1 << 0)
+    /// CLIP pools at the last position instead of the end-of-text token.
+    public static let pooledAtLastToken = TextFaults(rawValue: 1 << 1)
+    /// The final layer norm (CLIP) or RMS norm (T5) is skipped.
+    public static let noFinalNorm = TextFaults(rawValue: 1 << 2)
+    /// T5's relative positions taken as query − key instead of key − query.
+    public static let bucketsMirrored = TextFaults(rawValue: 1 << 3)
+    /// T5's relative-position bias left out.
+    public static let noPositionBias = TextFaults(rawValue: 1 << 4)
+    /// T5's feed-forward gate applied to the other projection.
+    public static let gateSwapped = TextFaults(rawValue: 1 << 5)
+}

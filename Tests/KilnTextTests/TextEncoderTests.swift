@@ -81,3 +81,36 @@ final class TextEncoderTests: XCTestCase {
         XCTAssertEqual(warnings.count, 2)
     }
 }
+
+/// Wiring bugs move the tiny encoders' outputs far past the tolerance (the fixtures' init is loud enough).
+final class TextEncoderMutationTests: XCTestCase {
+    func testCLIPFaultsAreCaught() throws {
+        let prompt = TextEncoderTests.meta["prompts"]!.array![0]
+        let key = prompt["key"]!.string!
+        let ids = TextFixtures.ints(prompt["clip_ids"])
+        let hidden = try TextEncoderTests.reference.tensor("\(key).clip_last_hidden_state")
+        let pooled = try TextEncoderTests.reference.tensor("\(key).clip_pooled")
+        for fault in [TextFaults.noCausalMask, .pooledAtLastToken, .noFinalNorm] {
+            var model = TextEncoderTests.clip
+            model.faults = fault
+            let out = try model(ids: ids, TextEncoderTests.backend)
+            let error = max(TextEncoderTests.backend.host(out.lastHidden).relativeError(to: hidden),
+                            TextEncoderTests.backend.host(out.pooled).relativeError(to: pooled))
+            XCTAssertGreaterThan(error, 1e-2, "CLIP fault \(fault.rawValue) went unnoticed")
+        }
+    }
+
+    func testT5FaultsAreCaught() throws {
+        let prompt = TextEncoderTests.meta["prompts"]!.array![0]
+        let key = prompt["key"]!.string!
+        let ids = TextFixtures.ints(prompt["t5_ids"])
+        let expected = try TextEncoderTests.reference.tensor("\(key).t5_last_hidden_state")
+        for fault in [TextFaults.bucketsMirrored, .noPositionBias, .gateSwapped, .noFinalNorm] {
+            var model = TextEncoderTests.t5
+            model.faults = fault
+            let error = TextEncoderTests.backend.host(try model(ids: ids, TextEncoderTests.backend)).relativeError(to: expected)
+            XCTAssertGreaterThan(error, 1e-2, "T5 fault \(fault.rawValue) went unnoticed")
+            print("T5 fault \(fault.rawValue): relative error \(error)")
+        }
+    }
+}
