@@ -3,6 +3,9 @@ import KilnBackends
 import KilnCore
 import KilnModels
 import KilnPipeline
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The options `generate` and `bench` share: which model, which image, which inputs.
 struct GenerationArguments: ParsableArguments {
@@ -11,6 +14,9 @@ struct GenerationArguments: ParsableArguments {
 
     @Option(help: "The BFL autoencoder file, when it is not ae.safetensors beside the transformer.")
     var vae: String?
+
+    @Option(help: "Run FLUX.1 at full size with seeded random weights instead of files: dev or schnell (for timing).")
+    var randomWeights: String?
 
     @Option(help: "The prompt.")
     var prompt: String?
@@ -48,7 +54,7 @@ struct GenerationArguments: ParsableArguments {
             throw KilnError.invalidArgument("the prompt is empty")
         }
         var options = GenerationOptions()
-        let fallback = model == nil ? 256 : 1024
+        let fallback = model == nil && randomWeights == nil ? 256 : 1024
         options.width = width ?? fallback
         options.height = height ?? fallback
         options.steps = steps
@@ -64,19 +70,27 @@ struct GenerationArguments: ParsableArguments {
         let options = try generationOptions()
         let pipeline: TextToImagePipeline<B>
         let description: String
+        var random: RandomModel?
         if let model {
+            guard randomWeights == nil else { throw KilnError.invalidArgument("--model and --random-weights exclude each other") }
             let files = try ModelFiles(path: model, vaePath: vae)
             pipeline = try TextToImagePipeline(files: files, backend: backend)
             description = "\(files.layout.rawValue) FLUX.1-\(files.variant) from \(model)"
         } else {
-            pipeline = try TinyModel.pipeline(backend: backend)
-            description = "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
+            let chosen = try randomWeights.map { try RandomModel.full(variant: $0) } ?? .tiny
+            if backend.name == "cpu", chosen.transformerBytes > GenerationArguments.physicalMemory() * 9 / 10 {
+                throw KilnError.invalidArgument("FLUX.1-\(chosen.transformer.variant) needs \(chosen.transformerBytes >> 30) GiB for fp32 weights on the CPU; this machine has \(GenerationArguments.physicalMemory() >> 30) GiB (use --device cuda)")
+            }
+            random = chosen
+            pipeline = try chosen.pipeline(backend: backend)
+            description = randomWeights.map { "FLUX.1-\($0) at full size with RANDOM weights (for timing; the image is not meaningful)" }
+                ?? "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
         }
         let embeddings: PromptEmbeddings
         if let promptEmbeds {
             embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
-        } else if model == nil {
-            embeddings = TinyModel.promptEmbeddings(for: prompt ?? "", batch: batch)
+        } else if let random {
+            embeddings = random.promptEmbeddings(for: prompt ?? "", batch: batch)
         } else {
             throw KilnError.unsupported("text encoders are not available yet: pass --prompt-embeds FILE")
         }
@@ -88,6 +102,11 @@ struct GenerationArguments: ParsableArguments {
             noise = pipeline.initialNoise(options)
         }
         return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: noise, description: description)
+    }
+
+    /// Physical memory of this machine in bytes.
+    static func physicalMemory() -> Int {
+        Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
     static func loadPromptEmbeddings(_ path: String, batch: Int) throws -> PromptEmbeddings {

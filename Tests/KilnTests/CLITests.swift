@@ -162,6 +162,12 @@ final class CLITests: XCTestCase {
         try assertRejected(["generate", "--device", "cuda"], mentioning: "--device cuda is not available yet")
         try assertRejected(["generate", "--prompt", ""], mentioning: "the prompt is empty")
         try assertRejected(["generate", "--model", directory + "/nowhere"], mentioning: "cannot read")
+        try assertRejected(["generate", "--random-weights", "pro"], mentioning: "unknown variant 'pro'")
+        try assertRejected(["generate", "--random-weights", "dev", "--model", Fixtures.path("tiny-flux-dev")],
+                           mentioning: "exclude each other")
+        if ProcessInfo.processInfo.physicalMemory < 48 << 30 {
+            try assertRejected(["bench", "--random-weights", "dev"], mentioning: "needs 44 GiB for fp32 weights on the CPU")
+        }
         try assertRejected(["inspect", directory], mentioning: "not a diffusers FLUX folder")
         try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev")], mentioning: "--prompt-embeds")
         try assertRejected(["generate", "--latents", Fixtures.path("reference/pipeline_dev_96x160.safetensors"),

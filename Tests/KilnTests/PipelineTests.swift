@@ -73,7 +73,7 @@ final class PipelineTests: XCTestCase {
     }
 
     func testSeededNoiseIsReproducible() throws {
-        let pipeline = try TinyModel.pipeline(backend: CPUBackend())
+        let pipeline = try RandomModel.tiny.pipeline(backend: CPUBackend())
         var options = GenerationOptions()
         options.width = 64
         options.height = 48 * 2
