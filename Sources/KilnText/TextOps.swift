@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import KilnBackends
 import KilnCore
 
@@ -8,22 +13,32 @@ import KilnCore
 /// - an elementwise product (T5's gated feed-forward),
 /// - quick-GELU (CLIP's MLP).
 extension Backend {
-    /// Multi-head attention whose scores get an additive bias before the softmax:
-    /// `softmax(scale · q·kᵀ + bias[h]) · v`, with `q`, `k`, `v` `[B, L, H·D]` and `bias` `[H, L, L]` (host).
-    ///
-    /// Composed from the plain `attention` op by widening each head: `q' = [q, e_i / scale]`,
-    /// `k' = [k, bias[h, :, j]]` and `v' = [v, 0]`, so that `scale · q'·k'ᵀ = scale · q·kᵀ + bias` exactly
-    /// (the added products are one bias value and zeros). `-infinity` in the bias (masking) is stored as a large
-    /// finite negative number. Costs `L` extra lanes per head; a native op should replace it.
-    public func attentionWithBias(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float,
-                                  bias: HostTensor) -> Tensor {
-        let widened = AttentionBiasLanes(bias: bias, batch: shape(q)[0], heads: heads, scale: scale)
-        return attentionWithBias(q: q, k: k, v: v, heads: heads, scale: scale, lanes: widened.upload(self))
+    /// Prepares an additive attention bias `[H, L, L]` (or `[1, L, L]` shared by all heads) for
+    /// `attentionWithBias`: kept on the host for the CPU backend, widened into extra lanes (uploaded once) for others.
+    /// `widen` forces the choice (tests).
+    public func prepareAttentionBias(_ bias: HostTensor, batch: Int, heads: Int, scale: Float,
+                                     widen: Bool? = nil) -> AttentionBias<Tensor> {
+        if !(widen ?? !(self is CPUBackend)) { return AttentionBias(bias: bias, lanes: nil) }
+        return AttentionBias(bias: bias, lanes: AttentionBiasLanes(bias: bias, batch: batch, heads: heads, scale: scale).upload(self))
     }
 
-    /// `attentionWithBias` with the widening lanes uploaded once and reused (e.g. for every layer).
+    /// Multi-head attention whose scores get an additive bias before the softmax:
+    /// `softmax(scale · q·kᵀ + bias[h]) · v`, with `q`, `k`, `v` `[B, L, H·D]`.
+    ///
+    /// On the CPU backend this is computed directly on the host. Elsewhere it is composed from the plain `attention`
+    /// op by widening each head: `q' = [q, e_i / scale]`, `k' = [k, bias[h, :, j]]` and `v' = [v, 0]`, so that
+    /// `scale · q'·k'ᵀ = scale · q·kᵀ + bias` (the added products are one bias value and zeros). `-infinity` in the
+    /// bias (masking) is stored as a large finite negative number. That costs `L` extra lanes per head; a native op
+    /// should replace it.
     public func attentionWithBias(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float,
-                                  lanes: AttentionBiasLanes.Uploaded<Tensor>) -> Tensor {
+                                  bias: AttentionBias<Tensor>) -> Tensor {
+        guard let lanes = bias.lanes else {
+            guard let q = q as? HostTensor, let k = k as? HostTensor, let v = v as? HostTensor,
+                  let result = HostAttention.biased(q: q, k: k, v: v, heads: heads, scale: scale, bias: bias.bias) as? Tensor else {
+                preconditionFailure("an unwidened attention bias needs host tensors (the CPU backend)")
+            }
+            return result
+        }
         let s = shape(q)
         let (batch, length, width) = (s[0], s[1], s[2])
         let d = width / heads
@@ -48,6 +63,65 @@ extension Backend {
     /// `x · sigmoid(1.702 x)` (CLIP's quick-GELU), as `silu(1.702 x) / 1.702`.
     public func quickGELU(_ x: Tensor) -> Tensor {
         affine(activation(affine(x, scale: 1.702, shift: 0), .silu), scale: 1 / 1.702, shift: 0)
+    }
+}
+
+/// An additive attention bias ready for `attentionWithBias`.
+public struct AttentionBias<Tensor> {
+    /// `[H, L, L]` or `[1, L, L]`.
+    public let bias: HostTensor
+    /// The widened lanes, for backends without a native biased attention.
+    public let lanes: AttentionBiasLanes.Uploaded<Tensor>?
+}
+
+/// Attention with an additive bias on host tensors (what a backend's native op would compute), fp32.
+enum HostAttention {
+    static func biased(q: HostTensor, k: HostTensor, v: HostTensor, heads: Int, scale: Float, bias: HostTensor) -> HostTensor {
+        let (batch, length, width) = (q.shape[0], q.shape[1], q.shape[2])
+        precondition(k.shape == q.shape && v.shape == q.shape, "attention: q \(q.shape) k \(k.shape) v \(v.shape)")
+        precondition(bias.shape == [heads, length, length] || bias.shape == [1, length, length], "attention bias \(bias.shape)")
+        let d = width / heads
+        let shared = bias.shape[0] == 1
+        var out = [Float](repeating: 0, count: q.count)
+        var scores = [Float](repeating: 0, count: length)
+        q.data.withUnsafeBufferPointer { qp in
+            k.data.withUnsafeBufferPointer { kp in
+                v.data.withUnsafeBufferPointer { vp in
+                    bias.data.withUnsafeBufferPointer { bp in
+                        out.withUnsafeMutableBufferPointer { op in
+                            for b in 0..<batch {
+                                for h in 0..<heads {
+                                    for i in 0..<length {
+                                        let query = qp.baseAddress! + (b * length + i) * width + h * d
+                                        let biasRow = bp.baseAddress! + ((shared ? 0 : h) * length + i) * length
+                                        var maximum = -Float.infinity
+                                        for j in 0..<length {
+                                            let key = kp.baseAddress! + (b * length + j) * width + h * d
+                                            var dot: Float = 0
+                                            for e in 0..<d { dot += query[e] * key[e] }
+                                            scores[j] = dot * scale + biasRow[j]
+                                            maximum = max(maximum, scores[j])
+                                        }
+                                        var total: Float = 0
+                                        for j in 0..<length {
+                                            scores[j] = scores[j] == -.infinity ? 0 : exp(scores[j] - maximum)
+                                            total += scores[j]
+                                        }
+                                        let target = op.baseAddress! + (b * length + i) * width + h * d
+                                        for j in 0..<length where scores[j] != 0 {
+                                            let p = scores[j] / total
+                                            let value = vp.baseAddress! + (b * length + j) * width + h * d
+                                            for e in 0..<d { target[e] += p * value[e] }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return HostTensor(shape: q.shape, data: out)
     }
 }
 
