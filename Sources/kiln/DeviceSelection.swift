@@ -1,5 +1,6 @@
 import KilnBackends
 import KilnCore
+import KilnCUDA
 
 /// Work that runs on whichever backend the user picked.
 protocol BackendJob {
@@ -12,7 +13,7 @@ func runOnDevice(_ device: String, _ job: some BackendJob) throws {
     case "cpu":
         try job.execute(on: CPUBackend())
     case "cuda":
-        throw KilnError.unsupported("--device cuda is not available yet: the CUDA backend arrives with the H100 issues; use --device cpu")
+        try job.execute(on: CUDABackend())
     default:
         throw KilnError.invalidArgument("unknown device '\(device)' (use cpu or cuda)")
     }

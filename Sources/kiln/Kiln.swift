@@ -12,11 +12,13 @@ struct Kiln: ParsableCommand {
         subcommands: [GenerateCommand.self, InspectCommand.self, BenchCommand.self])
 }
 
-/// Runs a command body and turns Kiln's errors into one line on stderr and exit code 1.
+/// Runs a command body and turns any error into one line on stderr and exit code 1.
 func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let error as KilnError {
+    } catch let exit as ExitCode {
+        throw exit
+    } catch {
         fputs("kiln: error: \(error)\n", stderr)
         throw ExitCode(1)
     }
