@@ -165,6 +165,10 @@ public final class GemmPlan: @unchecked Sendable {
             try set(Int(KC_CUBLASLT_MATMUL_DESC_FAST_ACCUM), Int8(1))
             try set(Int(KC_CUBLASLT_MATMUL_DESC_A_SCALE_MODE), Int32(KC_CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F))
             try set(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_MODE), Int32(KC_CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F))
+            // Vector scale modes need scale pointers already for the heuristic query: placeholders until `run` sets
+            // the real ones.
+            try set(Int(KC_CUBLASLT_MATMUL_DESC_A_SCALE_POINTER), UInt64(lt.workspace.pointer))
+            try set(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_POINTER), UInt64(lt.workspace.pointer))
         }
         if key.epilogue.hasBias { try set(Int(KC_CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), Int32(KC_CUDA_R_16BF)) }
         layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.k)
@@ -314,10 +318,10 @@ public final class GemmTuner: @unchecked Sendable {
 
     /// Times each of `algorithms` (failures skipped), fastest first.
     public func trials(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, algorithms: [GemmAlgorithm],
-                       repeats: Int = 10, batches: Int = 5) -> [Trial] {
+                       repeats: Int = 20, batches: Int = 5) -> [Trial] {
         var out: [Trial] = []
         for a in algorithms {
-            if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 2, repeats: repeats, batches: batches), ms.isFinite {
+            if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 3, repeats: repeats, batches: batches), ms.isFinite {
                 out.append(Trial(algorithm: a, milliseconds: ms))
             }
         }
