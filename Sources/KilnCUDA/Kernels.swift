@@ -70,47 +70,8 @@ public enum KernelSources {
     }
 }
 
-/// A 128-bit FNV-1a digest (two independent 64-bit lanes), hex encoded; stable across runs and machines.
-public func stableDigest(_ parts: [String]) -> String {
-    var a: UInt64 = 0xcbf2_9ce4_8422_2325
-    var b: UInt64 = 0x8422_2325_cbf2_9ce4
-    for part in parts {
-        for byte in part.utf8 {
-            a = (a ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-            b = (b ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-            b = b &+ (b >> 29)
-        }
-        // A separator no text byte can fake.
-        a = (a ^ 0x1ff) &* 0x0000_0100_0000_01b3
-        b = (b ^ 0x2ff) &* 0x0000_0100_0000_01b3
-    }
-    func hex(_ v: UInt64) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
-    }
-    return hex(a) + hex(b)
-}
-
-/// Where Kiln keeps its caches: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
-public enum KilnCache {
-    public static func root() -> String {
-        if let dir = FileIO.environment("KILN_CACHE_DIR"), !dir.isEmpty { return dir }
-        if let xdg = FileIO.environment("XDG_CACHE_HOME"), !xdg.isEmpty { return FileIO.join(xdg, "kiln") }
-        let home = FileIO.environment("HOME") ?? "/tmp"
-        return FileIO.join(home, ".cache/kiln")
-    }
-
-    /// Creates `path` and its parents.
-    public static func makeDirectories(_ path: String) throws {
-        var current = path.hasPrefix("/") ? "" : "."
-        for component in path.split(separator: "/") {
-            current += "/" + component
-            if !FileIO.isDirectory(current) && mkdir(current, 0o755) != 0 && errno != EEXIST {
-                throw KilnError.unreadable(path: current, reason: String(cString: strerror(errno)))
-            }
-        }
-    }
-}
+/// Kiln's on-disk cache folders (KilnCore's `CacheDirectory`).
+public typealias KilnCache = CacheDirectory
 
 /// Compiles kernel families with NVRTC to cubins for one architecture, caching them on disk.
 public final class KernelCompiler: @unchecked Sendable {
