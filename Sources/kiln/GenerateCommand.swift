@@ -17,6 +17,9 @@ struct GenerateCommand: ParsableCommand, BackendJob {
     @Option(help: "Where to write the PNG (batch items beyond the first get -1, -2, … before the extension).")
     var out: String = "kiln.png"
 
+    @Option(help: "Write the prompt embeddings used (`prompt_embeds`, `pooled_prompt_embeds`) to this safetensors file.")
+    var savePromptEmbeds: String?
+
     @Option(help: "Write the final latents (unpacked, before the VAE scaling and shift) as `latents` to this safetensors file.")
     var saveLatents: String?
 
@@ -27,6 +30,7 @@ struct GenerateCommand: ParsableCommand, BackendJob {
     func execute<B: Backend>(on backend: B) throws {
         let run = try arguments.prepare(on: backend)
         fputs("kiln: \(run.description)\n", stderr)
+        if let savePromptEmbeds { try run.prompt.write(to: savePromptEmbeds) }
         let bar = ProgressBar(label: "denoising")
         let final = try run.pipeline.denoise(latents: run.noise, prompt: run.prompt, options: run.options) { bar.update($0, of: $1) }
         if let saveLatents {

@@ -3,6 +3,7 @@ import KilnBackends
 import KilnCore
 import KilnModels
 import KilnPipeline
+import KilnText
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,6 +21,18 @@ struct GenerationArguments: ParsableArguments {
 
     @Option(help: "The prompt.")
     var prompt: String?
+
+    @Option(help: "Read the prompt from this UTF-8 text file.")
+    var promptFile: String?
+
+    @Option(help: "T5 tokens the prompt is padded or truncated to (default 512 for dev, 256 for schnell).")
+    var maxSequenceLength: Int?
+
+    @Option(help: "A diffusers FLUX folder whose text encoders to use (default: the --model folder).")
+    var textEncoders: String?
+
+    @Flag(help: "Do not read or write the on-disk cache of prompt embeddings.")
+    var noPromptCache = false
 
     @Option(help: "Image width, a multiple of 16 (default 1024; 256 for the random tiny model).")
     var width: Int?
@@ -52,6 +65,9 @@ struct GenerationArguments: ParsableArguments {
     func generationOptions() throws -> GenerationOptions {
         if let prompt, prompt.isEmpty, promptEmbeds == nil {
             throw KilnError.invalidArgument("the prompt is empty")
+        }
+        if prompt != nil && promptFile != nil {
+            throw KilnError.invalidArgument("--prompt and --prompt-file exclude each other")
         }
         var options = GenerationOptions()
         let fallback = model == nil && randomWeights == nil ? 256 : 1024
@@ -87,13 +103,24 @@ struct GenerationArguments: ParsableArguments {
                 ?? "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
         }
         let embeddings: PromptEmbeddings
+        let textStart = MonotonicClock.now()
         if let promptEmbeds {
             embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
         } else if let random {
-            embeddings = random.promptEmbeddings(for: prompt ?? "", batch: batch)
+            embeddings = random.promptEmbeddings(for: try promptText() ?? "", batch: batch)
         } else {
-            throw KilnError.unsupported("text encoders are not available yet: pass --prompt-embeds FILE")
+            guard let text = try promptText() else {
+                throw KilnError.invalidArgument("a prompt is needed: --prompt, --prompt-file or --prompt-embeds")
+            }
+            guard let folder = textEncoders ?? (FileIO.isDirectory(model!) ? model : nil) else {
+                throw KilnError.invalidArgument("a BFL transformer file carries no text encoders: pass --text-encoders DIR (a diffusers FLUX folder) or --prompt-embeds")
+            }
+            let encoder = try PromptEncoder(folder: folder, backend: backend,
+                                            cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"))
+            let length = maxSequenceLength ?? (pipeline.transformer.config.guidanceEmbed ? 512 : 256)
+            embeddings = try encoder.embeddings(for: text, maxLength: length, batch: batch)
         }
+        let textSeconds = MonotonicClock.now() - textStart
         let noise: HostTensor
         if let latents {
             let (h, w) = options.latentSize
@@ -101,7 +128,14 @@ struct GenerationArguments: ParsableArguments {
         } else {
             noise = pipeline.initialNoise(options)
         }
-        return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: noise, description: description)
+        return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: noise, description: description,
+                                  textEncodingSeconds: textSeconds)
+    }
+
+    /// The prompt from --prompt or --prompt-file, if any.
+    func promptText() throws -> String? {
+        if let promptFile { return try PromptFile.read(promptFile) }
+        return prompt
     }
 
     /// Physical memory of this machine in bytes.
@@ -131,4 +165,6 @@ struct PreparedGeneration<B: Backend> {
     var noise: HostTensor
     /// What runs, for the user.
     var description: String
+    /// Time spent in the text encoders (0 when embeddings were given or cached).
+    var textEncodingSeconds: Double
 }

@@ -21,10 +21,13 @@ final class CLITests: XCTestCase {
         var stderr: String
     }
 
-    func kiln(_ arguments: [String]) throws -> Result {
+    func kiln(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.executable)
         process.arguments = arguments
+        // Each test gets its own cache folder, so cached prompt embeddings never leak between tests or runs.
+        process.environment = ProcessInfo.processInfo.environment.merging(["KILN_CACHE_DIR": directory + "/cache"]) { $1 }
+            .merging(environment) { $1 }
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
@@ -171,7 +174,6 @@ final class CLITests: XCTestCase {
             try assertRejected(["bench", "--random-weights", "dev"], mentioning: "needs 44 GiB for fp32 weights on the CPU")
         }
         try assertRejected(["inspect", directory], mentioning: "not a diffusers FLUX folder")
-        try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev")], mentioning: "--prompt-embeds")
         try assertRejected(["generate", "--latents", Fixtures.path("reference/pipeline_dev_96x160.safetensors"),
                             "--width", "128", "--height", "128"],
                            mentioning: "'latents' has shape [1, 16, 12, 20], expected [1, 16, 16, 16]")
@@ -190,5 +192,48 @@ extension CLITests {
         XCTAssertGreaterThan(try XCTUnwrap(report["vae_decode_median_ms"]?.number), 0)
         XCTAssertGreaterThan(try XCTUnwrap(report["process_start_to_first_image_s"]?.number), 0)
         XCTAssertEqual(try JSON.parse(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), report)
+    }
+}
+
+extension CLITests {
+    /// `--prompt` through Kiln's tokenizers and text encoders reproduces FluxPipeline(prompt=...) with the same noise.
+    func testPromptReproducesDiffusers() throws {
+        for name in ["a", "b"] {
+            let referencePath = Fixtures.path("reference/pipeline_prompt_\(name).safetensors")
+            let ref = try Checkpoint(path: referencePath)
+            let latents = directory + "/final-\(name).safetensors"
+            let embeds = directory + "/embeds-\(name).safetensors"
+            let arguments = ["generate", "--model", Fixtures.path("tiny-flux-dev-text"), "--prompt", ref.metadata["prompt"]!,
+                             "--max-sequence-length", ref.metadata["max_sequence_length"]!, "--latents", referencePath,
+                             "--width", ref.metadata["width"]!, "--height", ref.metadata["height"]!, "--steps", ref.metadata["steps"]!,
+                             "--save-latents", latents, "--save-prompt-embeds", embeds, "--out", directory + "/\(name).png"]
+            let result = try kiln(arguments)
+            XCTAssertEqual(result.status, 0, result.stderr)
+            let saved = try Checkpoint(path: embeds)
+            assertClose(try saved.tensor("prompt_embeds"), try ref.tensor("prompt_embeds"), tolerance: 1e-4, "prompt \(name) T5 embeddings")
+            assertClose(try saved.tensor("pooled_prompt_embeds"), try ref.tensor("pooled_prompt_embeds"), tolerance: 1e-4,
+                        "prompt \(name) pooled CLIP")
+            assertClose(try Checkpoint(path: latents).tensor("latents"), try ref.tensor("final_latents"), tolerance: 1e-3,
+                        "prompt \(name) final latents")
+            if name == "b" {
+                XCTAssertTrue(result.stderr.contains("kiln: warning: The following part of your input was truncated"), result.stderr)
+            }
+            // The second run answers from the cache: same embeddings, and the entry is on disk.
+            let again = try kiln(arguments)
+            XCTAssertEqual(again.status, 0, again.stderr)
+            XCTAssertEqual(try Checkpoint(path: embeds).tensor("prompt_embeds"), try saved.tensor("prompt_embeds"))
+        }
+        let entries = try FileManager.default.contentsOfDirectory(atPath: directory + "/cache/prompt-embeds")
+        XCTAssertEqual(entries.filter { $0.hasSuffix(".safetensors") }.count, 2)
+    }
+
+    func testPromptInputsAreChecked() throws {
+        let bad = directory + "/bad.txt"
+        FileManager.default.createFile(atPath: bad, contents: Data([0x61, 0xFF, 0x62]))
+        try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev-text"), "--prompt-file", bad], mentioning: "UTF-8")
+        try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev"), "--prompt", "a cat"], mentioning: "no text encoders")
+        try assertRejected(["generate", "--model", Fixtures.path("bfl/flux1-tiny-dev.safetensors"), "--prompt", "a cat"],
+                           mentioning: "--text-encoders")
+        try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev-text")], mentioning: "a prompt is needed")
     }
 }
