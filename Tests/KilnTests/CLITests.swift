@@ -237,3 +237,25 @@ extension CLITests {
         try assertRejected(["generate", "--model", Fixtures.path("tiny-flux-dev-text")], mentioning: "a prompt is needed")
     }
 }
+
+extension CLITests {
+    /// `kiln tokenize` prints transformers' ids for the committed cases (raw and padded, both tokenizers).
+    func testTokenizeMatchesTransformers() throws {
+        let reference = try FileIO.readJSON(Fixtures.path("text/tokens.json"))
+        let cases = try XCTUnwrap(reference["cases"]?.array)
+        let t5Length = String(try XCTUnwrap(reference["t5_padded_max_length"]?.int))
+        // A spread of the committed strings: every 40th, which covers accents, CJK, emoji, whitespace and punctuation runs.
+        for entry in stride(from: 1, to: cases.count, by: 40).map({ cases[$0] }) {
+            let text = try XCTUnwrap(entry["text"]?.string)
+            for (encoder, raw, padded, length) in [("clip", "clip", "clip_padded", "77"), ("t5", "t5", "t5_padded", t5Length)] {
+                let folder = Fixtures.path("text")
+                let rawResult = try kiln(["tokenize", "--model", folder, "--encoder", encoder, "--text", text, "--raw"])
+                XCTAssertEqual(rawResult.status, 0, rawResult.stderr)
+                XCTAssertEqual(try JSON.parse(rawResult.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), entry[raw], "\(encoder) raw: \(text)")
+                let paddedResult = try kiln(["tokenize", "--model", folder, "--encoder", encoder, "--text", text, "--max-length", length])
+                XCTAssertEqual(try JSON.parse(paddedResult.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), entry[padded],
+                               "\(encoder) padded: \(text)")
+            }
+        }
+    }
+}
