@@ -11,31 +11,37 @@
 kc_driver_t kc_cu;
 kc_nvrtc_t kc_nvrtc;
 kc_cublaslt_t kc_lt;
+kc_cudnn_t kc_dnn;
 
 static pthread_mutex_t kc_lock = PTHREAD_MUTEX_INITIALIZER;
-static int kc_done[3];
-static char kc_paths[3][1024];
+static int kc_done[4];
+static char kc_paths[4][1024];
 
 typedef struct { const char *field; const char *symbol; const char *fallback; size_t offset; } kc_symbol_t;
 
 #define KC_SYM_DRIVER(ret, name, args, symbol, fallback) { #name, symbol, fallback, offsetof(kc_driver_t, name) },
 #define KC_SYM_NVRTC(ret, name, args, symbol, fallback) { #name, symbol, fallback, offsetof(kc_nvrtc_t, name) },
 #define KC_SYM_LT(ret, name, args, symbol, fallback) { #name, symbol, fallback, offsetof(kc_cublaslt_t, name) },
+#define KC_SYM_DNN(ret, name, args, symbol, fallback) { #name, symbol, fallback, offsetof(kc_cudnn_t, name) },
 static const kc_symbol_t kc_driver_symbols[] = { KC_DRIVER_FUNCS(KC_SYM_DRIVER) };
 static const kc_symbol_t kc_nvrtc_symbols[] = { KC_NVRTC_FUNCS(KC_SYM_NVRTC) };
 static const kc_symbol_t kc_lt_symbols[] = { KC_CUBLASLT_FUNCS(KC_SYM_LT) };
+static const kc_symbol_t kc_dnn_symbols[] = { KC_CUDNN_FUNCS(KC_SYM_DNN) };
 
 static const char *const kc_driver_names[] = { "libcuda.so.1", "libcuda.so", NULL };
 static const char *const kc_nvrtc_names[] = { "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", NULL };
 static const char *const kc_lt_names[] = { "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so", NULL };
+static const char *const kc_dnn_names[] = { "libcudnn.so.9", "libcudnn.so", NULL };
 
-static const char *const kc_labels[] = { "CUDA driver (libcuda.so.1)", "NVRTC (libnvrtc.so)", "cuBLASLt (libcublasLt.so)" };
+static const char *const kc_labels[] = { "CUDA driver (libcuda.so.1)", "NVRTC (libnvrtc.so)", "cuBLASLt (libcublasLt.so)", "cuDNN (libcudnn.so.9)" };
 static const char *const kc_hints[] = {
     "install the NVIDIA driver (libcuda.so.1 comes with it) and run on a machine with an NVIDIA GPU",
     "pip install nvidia-cuda-nvrtc (in an active virtual environment), or install the CUDA toolkit, "
     "or set KILN_CUDA_LIBS to the folder holding libnvrtc.so.13",
     "pip install nvidia-cublas (in an active virtual environment), or install the CUDA toolkit, "
     "or set KILN_CUDA_LIBS to the folder holding libcublasLt.so.13",
+    "pip install nvidia-cudnn-cu13 (in an active virtual environment), or install cuDNN 9, "
+    "or set KILN_CUDA_LIBS to the folder holding libcudnn.so.9",
 };
 
 #define KC_MAX_FOLDERS 64
@@ -112,22 +118,31 @@ static void kc_preload_builtins(const char *folder) {
 }
 
 int kc_loaded(kc_library_t library) {
-    return (library >= 0 && library <= 2) ? kc_done[library] : 0;
+    return (library >= 0 && library <= 3) ? kc_done[library] : 0;
 }
 
 int kc_load(kc_library_t library, char *path, size_t pathSize, char *message, size_t messageSize) {
-    if (library < 0 || library > 2) return -1;
+    if (library < 0 || library > 3) return -1;
     pthread_mutex_lock(&kc_lock);
     if (kc_done[library]) {
         if (path && pathSize) snprintf(path, pathSize, "%s", kc_paths[library]);
         pthread_mutex_unlock(&kc_lock);
         return 0;
     }
-    const char *const *names = library == KC_LIB_DRIVER ? kc_driver_names : library == KC_LIB_NVRTC ? kc_nvrtc_names : kc_lt_names;
-    const kc_symbol_t *symbols = library == KC_LIB_DRIVER ? kc_driver_symbols : library == KC_LIB_NVRTC ? kc_nvrtc_symbols : kc_lt_symbols;
-    size_t symbolCount = library == KC_LIB_DRIVER ? sizeof kc_driver_symbols / sizeof *symbols
-        : library == KC_LIB_NVRTC ? sizeof kc_nvrtc_symbols / sizeof *symbols : sizeof kc_lt_symbols / sizeof *symbols;
-    char *table = library == KC_LIB_DRIVER ? (char *)&kc_cu : library == KC_LIB_NVRTC ? (char *)&kc_nvrtc : (char *)&kc_lt;
+    const char *const *names;
+    const kc_symbol_t *symbols;
+    size_t symbolCount, tableSize;
+    char *table;
+    switch (library) {
+    case KC_LIB_DRIVER: names = kc_driver_names; symbols = kc_driver_symbols; symbolCount = sizeof kc_driver_symbols / sizeof *symbols;
+        table = (char *)&kc_cu; tableSize = sizeof kc_cu; break;
+    case KC_LIB_NVRTC: names = kc_nvrtc_names; symbols = kc_nvrtc_symbols; symbolCount = sizeof kc_nvrtc_symbols / sizeof *symbols;
+        table = (char *)&kc_nvrtc; tableSize = sizeof kc_nvrtc; break;
+    case KC_LIB_CUBLASLT: names = kc_lt_names; symbols = kc_lt_symbols; symbolCount = sizeof kc_lt_symbols / sizeof *symbols;
+        table = (char *)&kc_lt; tableSize = sizeof kc_lt; break;
+    default: names = kc_dnn_names; symbols = kc_dnn_symbols; symbolCount = sizeof kc_dnn_symbols / sizeof *symbols;
+        table = (char *)&kc_dnn; tableSize = sizeof kc_dnn; break;
+    }
 
     kc_folders_t f;
     kc_folders(&f);
@@ -168,7 +183,7 @@ int kc_load(kc_library_t library, char *path, size_t pathSize, char *message, si
         if (!address) {
             snprintf(message, messageSize, "%s at %s lacks the symbol %s (library too old?); %s",
                      kc_labels[library], candidate, symbols[i].symbol, kc_hints[library]);
-            memset(table, 0, library == KC_LIB_DRIVER ? sizeof kc_cu : library == KC_LIB_NVRTC ? sizeof kc_nvrtc : sizeof kc_lt);
+            memset(table, 0, tableSize);
             dlclose(handle);
             pthread_mutex_unlock(&kc_lock);
             return 2;

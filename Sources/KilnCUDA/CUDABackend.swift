@@ -92,6 +92,13 @@ public final class CUDABackend: Backend {
     public let linearPrecision: GemmPrecision
     /// Time the heuristic's top candidates the first time a GEMM shape is seen (else take the heuristic's first).
     public var autotune = true
+    /// Which attention implementation runs: cuDNN's fused flash attention when it has an engine for the shape
+    /// (no key mask), else Kiln's own kernel (`KILN_ATTENTION=own|cudnn|auto`).
+    public enum AttentionKernel: String, Sendable { case auto, own, cudnn }
+    public var attentionKernel: AttentionKernel = AttentionKernel(rawValue: FileIO.environment("KILN_ATTENTION") ?? "auto") ?? .auto
+    /// The implementation the last `attention` call used.
+    public private(set) var lastAttentionPath = ""
+    private var cudnnState: (attention: CuDNNAttention?, error: String?)?
     private var modules: [String: KernelModule] = [:]
     private var plans: [GemmKey: GemmPlan] = [:]
     /// Seconds spent compiling or loading kernels, per family.
@@ -416,6 +423,25 @@ public final class CUDABackend: Backend {
             let d = width / heads
             guard d == 128 else { throw KilnError.unsupported("CUDA attention supports head size 128 only (got \(d))") }
             if let keyMask { precondition(keyMask.count == batch * keys, "attention: key mask \(keyMask.shape)") }
+            let softmaxScale = scale ?? 1 / Float(d).squareRoot()
+            if keyMask == nil && attentionKernel != .own, let dnn = cudnn() {
+                if let plan = dnn.plan(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) {
+                    let out = try empty(q.shape)
+                    let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
+                    try dnn.run(plan, q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, scale: softmaxScale,
+                                workspace: workspace?.pointer ?? 0)
+                    withExtendedLifetime(workspace) {}
+                    lastAttentionPath = "cudnn"
+                    return out
+                }
+                if attentionKernel == .cudnn {
+                    throw KilnError.unsupported("cuDNN attention has no engine for \(q.shape): "
+                        + (dnn.failure(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) ?? "?"))
+                }
+            } else if attentionKernel == .cudnn {
+                throw KilnError.unsupported("cuDNN attention unavailable: \(keyMask != nil ? "key masks run on Kiln's kernel" : cudnnState?.error ?? "?")")
+            }
+            lastAttentionPath = "own"
             let out = try empty(q.shape)
             let shared = (128 * 128 + 4 * 64 * 128) * 2
             let f = try module("attention").function("attention_fwd_bf16_d128")
@@ -423,12 +449,25 @@ public final class CUDABackend: Backend {
                       "cuFuncSetAttribute(attention shared memory)")
             var args = KernelArguments()
             args.add(out.pointer); args.add(q.pointer); args.add(k.pointer); args.add(v.pointer); args.add(nullable(keyMask))
-            args.add(Int32(queries)); args.add(Int32(keys)); args.add(Int32(heads)); args.add(scale ?? 1 / Float(d).squareRoot())
+            args.add(Int32(queries)); args.add(Int32(keys)); args.add(Int32(heads)); args.add(softmaxScale)
             try launch(f, grid: ((queries + 127) / 128, heads, batch), block: (256, 1, 1), sharedBytes: shared, stream: stream,
                        name: "attention_fwd_bf16_d128", args)
             return out
         }
     }
+
+    /// cuDNN's attention, loaded on first use; nil (reason in `cudnnError`) when cuDNN is absent.
+    public func cudnn() -> CuDNNAttention? {
+        if let state = cudnnState { return state.attention }
+        do {
+            cudnnState = (try CuDNNAttention(stream: stream), nil)
+        } catch {
+            cudnnState = (nil, "\(error)")
+        }
+        return cudnnState!.attention
+    }
+
+    public var cudnnError: String? { cudnnState?.error }
 
     // MARK: normalization
 

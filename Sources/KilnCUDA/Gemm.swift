@@ -206,6 +206,49 @@ public final class GemmPlan: @unchecked Sendable {
         return results[0..<Int(returned)].filter { $0.state == 0 }.map { GemmAlgorithm($0.algo) }
     }
 
+    /// Every configuration cuBLASLt accepts for this problem, beyond the heuristic's list: each algorithm id for
+    /// the data types, times each tile and stage count it supports (cluster shape and swizzle left automatic),
+    /// filtered by `cublasLtMatmulAlgoCheck` and the workspace limit. At most `limit`.
+    public func enumerateAll(limit: Int = 4000) throws -> [GemmAlgorithm] {
+        let input = key.precision == .fp8 ? Int32(KC_CUDA_R_8F_E4M3) : Int32(KC_CUDA_R_16BF)
+        let output = Int32(KC_CUDA_R_16BF)
+        let compute = Int32(KC_CUBLAS_COMPUTE_32F), scale = Int32(KC_CUDA_R_32F)
+        var ids = [Int32](repeating: 0, count: 256)
+        var count: Int32 = 0
+        try checkLt(kc_lt.cublasLtMatmulAlgoGetIds!(lt.handle, compute, scale, input, input, output, output, Int32(ids.count), &ids, &count),
+                    "cublasLtMatmulAlgoGetIds")
+        var found: [GemmAlgorithm] = []
+        for id in ids.prefix(Int(count)) {
+            var base = kc_cublasLtMatmulAlgo_t()
+            guard kc_lt.cublasLtMatmulAlgoInit!(lt.handle, compute, scale, input, input, output, output, id, &base) == 0 else { continue }
+            func capList(_ attribute: Int32) -> [UInt32] {
+                var written = 0
+                guard kc_lt.cublasLtMatmulAlgoCapGetAttribute!(&base, attribute, nil, 0, &written) == 0, written > 0 else { return [] }
+                var values = [UInt32](repeating: 0, count: written / 4)
+                _ = kc_lt.cublasLtMatmulAlgoCapGetAttribute!(&base, attribute, &values, written, &written)
+                return values
+            }
+            var tiles = capList(Int32(KC_CUBLASLT_ALGO_CAP_TILE_IDS))
+            var stages = capList(Int32(KC_CUBLASLT_ALGO_CAP_STAGES_IDS))
+            if tiles.isEmpty { tiles = [0] }
+            if stages.isEmpty { stages = [0] }
+            for tile in tiles {
+                for stage in stages {
+                    var algo = base
+                    var t = tile, st = stage
+                    _ = kc_lt.cublasLtMatmulAlgoConfigSetAttribute!(&algo, Int32(KC_CUBLASLT_ALGO_CONFIG_TILE_ID), &t, 4)
+                    _ = kc_lt.cublasLtMatmulAlgoConfigSetAttribute!(&algo, Int32(KC_CUBLASLT_ALGO_CONFIG_STAGES_ID), &st, 4)
+                    var result = kc_cublasLtMatmulHeuristicResult_t()
+                    guard kc_lt.cublasLtMatmulAlgoCheck!(lt.handle, desc, layoutA, layoutB, layoutD, layoutD, &algo, &result) == 0,
+                          result.workspaceSize <= CuBLASLt.workspaceBytes else { continue }
+                    found.append(GemmAlgorithm(algo))
+                    if found.count >= limit { return found }
+                }
+            }
+        }
+        return found
+    }
+
     /// Enqueues the GEMM on `stream` with `algorithm` (default: the plan's, else the heuristic's first).
     public func run(_ operands: GemmOperands, stream: CUDAStream, algorithm override: GemmAlgorithm? = nil) throws {
         if algorithm == nil && override == nil { algorithm = try candidates(1).first }
@@ -305,6 +348,9 @@ public final class GemmTuner: @unchecked Sendable {
     public let lt: CuBLASLt
     public let cache: GemmPlanCache
     public var candidateCount = 8
+    /// Search every configuration cuBLASLt accepts (screened, then the best 8 re-timed) instead of the heuristic's
+    /// top candidates (`KILN_GEMM_TUNE=exhaustive`); slower once, the result is cached like any other.
+    public var exhaustive = FileIO.environment("KILN_GEMM_TUNE") == "exhaustive"
 
     public init(lt: CuBLASLt, cache: GemmPlanCache) {
         self.lt = lt
@@ -316,16 +362,25 @@ public final class GemmTuner: @unchecked Sendable {
         public let milliseconds: Double
     }
 
-    /// Times each of `algorithms` (failures skipped), fastest first.
+    /// Times each of `algorithms` (failures skipped), fastest first. Candidates are timed round-robin (`rounds`
+    /// passes of `repeats` calls each) and each keeps its median, so clock and power drift during tuning hits all
+    /// candidates alike.
     public func trials(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, algorithms: [GemmAlgorithm],
-                       repeats: Int = 20, batches: Int = 5) -> [Trial] {
-        var out: [Trial] = []
-        for a in algorithms {
-            if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 3, repeats: repeats, batches: batches), ms.isFinite {
-                out.append(Trial(algorithm: a, milliseconds: ms))
+                       repeats: Int = 10, rounds: Int = 7) -> [Trial] {
+        var usable: [GemmAlgorithm] = []
+        for a in algorithms {  // one warm-up call each; drops those that fail to run
+            if (try? plan.run(operands, stream: stream, algorithm: a)) != nil, (try? stream.synchronize()) != nil { usable.append(a) }
+        }
+        var samples = [[Double]](repeating: [], count: usable.count)
+        for _ in 0..<rounds {
+            for (i, a) in usable.enumerated() {
+                if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 1, repeats: repeats, batches: 1), ms.isFinite {
+                    samples[i].append(ms)
+                }
             }
         }
-        return out.sorted { $0.milliseconds < $1.milliseconds }
+        return zip(usable, samples).compactMap { a, s in s.isEmpty ? nil : Trial(algorithm: a, milliseconds: median(s)) }
+            .sorted { $0.milliseconds < $1.milliseconds }
     }
 
     /// Sets `plan.algorithm` from the cache, or by timing; saves new choices.
@@ -336,7 +391,13 @@ public final class GemmTuner: @unchecked Sendable {
             plan.source = "cache"
             return []
         }
-        let found = trials(plan, operands, stream: stream, algorithms: try plan.candidates(candidateCount))
+        var candidates = try plan.candidates(candidateCount)
+        if exhaustive {
+            for e in try plan.enumerateAll() where !candidates.contains(e) { candidates.append(e) }
+            let screened = trials(plan, operands, stream: stream, algorithms: candidates, repeats: 3, rounds: 1)
+            candidates = screened.prefix(candidateCount).map(\.algorithm)
+        }
+        let found = trials(plan, operands, stream: stream, algorithms: candidates)
         guard let best = found.first else { throw CUDAError(call: "autotune(\(plan.key))", status: -1, text: "no candidate ran") }
         plan.algorithm = best.algorithm
         plan.source = "autotuned"

@@ -21,13 +21,14 @@ public struct CUDAUnavailable: Error, CustomStringConvertible {
 
 /// The NVIDIA libraries Kiln opens at run time.
 public enum CUDALibrary: Int, CaseIterable, Sendable {
-    case driver = 0, nvrtc = 1, cublasLt = 2
+    case driver = 0, nvrtc = 1, cublasLt = 2, cudnn = 3
 
     public var label: String {
         switch self {
         case .driver: return "CUDA driver"
         case .nvrtc: return "NVRTC"
         case .cublasLt: return "cuBLASLt"
+        case .cudnn: return "cuDNN"
         }
     }
 

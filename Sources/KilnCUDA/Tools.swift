@@ -35,6 +35,10 @@ public enum CUDATools {
             let lt = try CuBLASLt()
             say("cuBLASLt:   \(lt.path), \(lt.versionText)")
         } catch { say("cuBLASLt:   missing: \(error)"); problems.append("cuBLASLt") }
+        do {
+            let path = try CUDALibrary.cudnn.load()
+            say("cuDNN:      \(path), \(kc_dnn.cudnnGetVersion!()) (fused attention)")
+        } catch { say("cuDNN:      not found (attention runs on Kiln's own kernel): \(error)") }
         if problems.isEmpty {
             do {
                 let backend = try CUDABackend(device: device)

@@ -95,8 +95,11 @@ final class KilnCUDATests: XCTestCase {
         XCTAssertGreaterThan(launched.count, 10)
         for (family, symbol) in launched {
             let text = try XCTUnwrap(sources[family], "no kernel family \(family).cu")
-            XCTAssertTrue(text.contains("extern \"C\" __global__ void \(symbol)(") || text.contains("\n\(symbol)("),
-                          "\(family).cu lacks \(symbol)")
+            // `extern "C" __global__ void [__launch_bounds__(...)] symbol(` or the symbol opening a line.
+            let declared = text.split(separator: "\n").contains { line in
+                (line.hasPrefix("extern \"C\" __global__") && line.contains(" \(symbol)(")) || line.hasPrefix("\(symbol)(")
+            }
+            XCTAssertTrue(declared, "\(family).cu lacks \(symbol)")
         }
         XCTAssertTrue(sources["attention"]?.contains("attention_fwd_bf16_d128(") ?? false)
     }

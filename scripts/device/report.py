@@ -26,26 +26,26 @@ def main():
         out.append(f"| {r['op']} | {r['shape']} | {r['precision']} | {err} | {r['tolerance']:.0e} | {ms} | {'pass' if r['passed'] else 'FAIL'} | {r['note']} |")
     tg = {(g["n"], g["k"], g["precision"]): g for g in torch.get("gemm", [])}
     out.append("\n## GEMM, M = 4608 (ms, median; CUDA events)\n")
-    out.append("| N x K | precision | kiln autotuned | TFLOP/s | best of all candidates | autotuned / best | heuristic #1 | torch | torch / kiln | algorithm |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| N x K | precision | kiln autotuned | TFLOP/s | best of all configurations (count) | autotuned / best | heuristic #1 | torch | torch / kiln | autotuned algorithm | best algorithm |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for g in kiln.get("gemm", []):
         t = tg.get((g["n"], g["k"], g["precision"]))
         tms = t["ms"] if t else None
         tcol = "" if tms is None else "%.4f" % tms
         rcol = "" if tms is None else "%.3f" % (tms / g["ms"])
         out.append(f"| {g['n']}x{g['k']} | {g['precision']} | {g['ms']:.4f} | {g['tflops']:.0f} | {g['best_of_all_ms']:.4f} ({int(g['candidates'])}) | "
-                   f"{g['ms']/g['best_of_all_ms']:.3f} | {g['heuristic_ms']:.4f} | {tcol} | {rcol} | {g['algorithm']} |")
+                   f"{g['ms']/g['best_of_all_ms']:.3f} | {g['heuristic_ms']:.4f} | {tcol} | {rcol} | {g['algorithm']} | {g.get('best_algorithm', '')} |")
     ta = {a["l"]: a for a in torch.get("attention", [])}
     out.append("\n## Attention BF16, 1 x 24 heads x L x 128 (ms)\n")
-    out.append("| L | kiln | TFLOP/s | torch SDPA cuDNN | torch SDPA flash | cuDNN / kiln |")
-    out.append("|---|---|---|---|---|---|")
+    out.append("| L | kiln kernel | kiln | TFLOP/s | torch SDPA cuDNN | torch SDPA flash | torch cuDNN / kiln |")
+    out.append("|---|---|---|---|---|---|---|")
     for a in kiln.get("attention", []):
         t = ta.get(a["l"], {})
         c, f = t.get("cudnn_ms"), t.get("flash_ms")
         ccol = "" if c is None else "%.4f" % c
         fcol = "" if f is None else "%.4f" % f
         rcol = "" if c is None else "%.3f" % (c / a["ms"])
-        out.append(f"| {a['l']} | {a['ms']:.4f} | {a['tflops']:.0f} | {ccol} | {fcol} | {rcol} |")
+        out.append(f"| {a['l']} | {a.get('kernel', 'own')} | {a['ms']:.4f} | {a['tflops']:.0f} | {ccol} | {fcol} | {rcol} |")
     print("\n".join(out))
 
 

@@ -81,6 +81,8 @@ enum {
     KC_CUBLASLT_ALGO_CONFIG_TILE_ID = 1,
     KC_CUBLASLT_ALGO_CONFIG_SPLITK_NUM = 2,
     KC_CUBLASLT_ALGO_CONFIG_STAGES_ID = 6,
+    KC_CUBLASLT_ALGO_CAP_TILE_IDS = 6,
+    KC_CUBLASLT_ALGO_CAP_STAGES_IDS = 13,
 };
 
 // MARK: function tables (filled by kc_load_*; a member is NULL until its library is loaded)
@@ -160,23 +162,58 @@ enum {
         "cublasLtMatmulAlgoGetHeuristic", NULL) \
     X(cublasStatus_t, cublasLtMatmulAlgoConfigGetAttribute, (const kc_cublasLtMatmulAlgo_t *algo, int attribute, void *buffer, \
         size_t size, size_t *written), "cublasLtMatmulAlgoConfigGetAttribute", NULL) \
+    X(cublasStatus_t, cublasLtMatmulAlgoConfigSetAttribute, (kc_cublasLtMatmulAlgo_t *algo, int attribute, const void *buffer, \
+        size_t size), "cublasLtMatmulAlgoConfigSetAttribute", NULL) \
+    X(cublasStatus_t, cublasLtMatmulAlgoCapGetAttribute, (const kc_cublasLtMatmulAlgo_t *algo, int attribute, void *buffer, \
+        size_t size, size_t *written), "cublasLtMatmulAlgoCapGetAttribute", NULL) \
+    X(cublasStatus_t, cublasLtMatmulAlgoGetIds, (cublasLtHandle_t handle, int computeType, int scaleType, int aType, int bType, \
+        int cType, int dType, int requested, int *ids, int *returned), "cublasLtMatmulAlgoGetIds", NULL) \
+    X(cublasStatus_t, cublasLtMatmulAlgoInit, (cublasLtHandle_t handle, int computeType, int scaleType, int aType, int bType, \
+        int cType, int dType, int algoId, kc_cublasLtMatmulAlgo_t *algo), "cublasLtMatmulAlgoInit", NULL) \
+    X(cublasStatus_t, cublasLtMatmulAlgoCheck, (cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, \
+        cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d, const kc_cublasLtMatmulAlgo_t *algo, \
+        kc_cublasLtMatmulHeuristicResult_t *result), "cublasLtMatmulAlgoCheck", NULL) \
     X(cublasStatus_t, cublasLtMatmul, (cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void *alpha, const void *A, \
         cublasLtMatrixLayout_t aDesc, const void *B, cublasLtMatrixLayout_t bDesc, const void *beta, const void *C, \
         cublasLtMatrixLayout_t cDesc, void *D, cublasLtMatrixLayout_t dDesc, const kc_cublasLtMatmulAlgo_t *algo, \
         void *workspace, size_t workspaceBytes, CUstream stream), "cublasLtMatmul", NULL)
 
+// cuDNN: the handle calls and the backend (graph) API.
+typedef int cudnnStatus_t;
+typedef struct cudnnContext *cudnnHandle_t;
+typedef void *cudnnBackendDescriptor_t;
+
+#define KC_CUDNN_FUNCS(X) \
+    X(size_t, cudnnGetVersion, (void), "cudnnGetVersion", NULL) \
+    X(const char *, cudnnGetErrorString, (cudnnStatus_t status), "cudnnGetErrorString", NULL) \
+    X(void, cudnnGetLastErrorString, (char *message, size_t size), "cudnnGetLastErrorString", NULL) \
+    X(cudnnStatus_t, cudnnCreate, (cudnnHandle_t *handle), "cudnnCreate", NULL) \
+    X(cudnnStatus_t, cudnnDestroy, (cudnnHandle_t handle), "cudnnDestroy", NULL) \
+    X(cudnnStatus_t, cudnnSetStream, (cudnnHandle_t handle, CUstream stream), "cudnnSetStream", NULL) \
+    X(cudnnStatus_t, cudnnBackendCreateDescriptor, (int type, cudnnBackendDescriptor_t *descriptor), "cudnnBackendCreateDescriptor", NULL) \
+    X(cudnnStatus_t, cudnnBackendDestroyDescriptor, (cudnnBackendDescriptor_t descriptor), "cudnnBackendDestroyDescriptor", NULL) \
+    X(cudnnStatus_t, cudnnBackendFinalize, (cudnnBackendDescriptor_t descriptor), "cudnnBackendFinalize", NULL) \
+    X(cudnnStatus_t, cudnnBackendSetAttribute, (cudnnBackendDescriptor_t descriptor, int name, int type, int64_t count, \
+        const void *values), "cudnnBackendSetAttribute", NULL) \
+    X(cudnnStatus_t, cudnnBackendGetAttribute, (cudnnBackendDescriptor_t descriptor, int name, int type, int64_t requested, \
+        int64_t *count, void *values), "cudnnBackendGetAttribute", NULL) \
+    X(cudnnStatus_t, cudnnBackendExecute, (cudnnHandle_t handle, cudnnBackendDescriptor_t plan, cudnnBackendDescriptor_t pack), \
+        "cudnnBackendExecute", NULL)
+
 #define KC_MEMBER(ret, name, args, symbol, fallback) ret (*name) args;
 typedef struct { KC_DRIVER_FUNCS(KC_MEMBER) } kc_driver_t;
 typedef struct { KC_NVRTC_FUNCS(KC_MEMBER) } kc_nvrtc_t;
 typedef struct { KC_CUBLASLT_FUNCS(KC_MEMBER) } kc_cublaslt_t;
+typedef struct { KC_CUDNN_FUNCS(KC_MEMBER) } kc_cudnn_t;
 #undef KC_MEMBER
 
 extern kc_driver_t kc_cu;
 extern kc_nvrtc_t kc_nvrtc;
 extern kc_cublaslt_t kc_lt;
+extern kc_cudnn_t kc_dnn;
 
 /// Which library a loader call opens.
-typedef enum { KC_LIB_DRIVER = 0, KC_LIB_NVRTC = 1, KC_LIB_CUBLASLT = 2 } kc_library_t;
+typedef enum { KC_LIB_DRIVER = 0, KC_LIB_NVRTC = 1, KC_LIB_CUBLASLT = 2, KC_LIB_CUDNN = 3 } kc_library_t;
 
 /// Opens a library (search order: KILN_CUDA_LIBS, the system loader, CUDA_HOME and /usr/local/cuda, an active
 /// virtual environment's site-packages nvidia/*/lib) and resolves its symbols. Returns 0 on success and writes the
@@ -189,5 +226,23 @@ int kc_loaded(kc_library_t library);
 
 /// The folders searched for a library, in order, one per line (for messages and tests).
 int kc_search_folders(char *buffer, size_t size);
+
+// MARK: cuDNN fused attention (sdpa.c)
+
+/// A finalized cuDNN execution plan for BF16 scaled-dot-product attention (unified SDPA_FWD operation) over
+/// tensors laid out [B, L, H, D] (the op interface's [B, L, H*D]).
+typedef struct kc_sdpa_plan kc_sdpa_plan;
+
+/// Builds the plan (`config`: which of the heuristic's executable engine configs, 0 = first). Returns 0 or a cuDNN
+/// status, with a message naming the failing step in `message`; `info` gets the engine's description.
+int kc_sdpa_create(cudnnHandle_t handle, int64_t batch, int64_t heads, int64_t queries, int64_t keys, int64_t dim,
+                   int config, kc_sdpa_plan **plan, int64_t *workspaceBytes, int *configCount,
+                   char *info, size_t infoSize, char *message, size_t messageSize);
+
+/// Enqueues the attention on the handle's stream.
+int kc_sdpa_execute(cudnnHandle_t handle, const kc_sdpa_plan *plan, CUdeviceptr q, CUdeviceptr k, CUdeviceptr v,
+                    CUdeviceptr o, float scale, CUdeviceptr workspace, char *message, size_t messageSize);
+
+void kc_sdpa_destroy(kc_sdpa_plan *plan);
 
 #endif

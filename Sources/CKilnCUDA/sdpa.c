@@ -1,0 +1,188 @@
+// cuDNN fused attention through the backend (graph) API: one unified SDPA_FWD operation (cuDNN >= 9.13) over BF16
+// Q, K, V, O in the [B, L, H, D] layout, a by-value fp32 scale, engine configs from heuristic mode A then FALLBACK.
+#include "CKilnCUDA.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Values from cuDNN 9's cudnn_graph.h.
+enum {
+    DNN_DATA_FLOAT = 0, DNN_DATA_BFLOAT16 = 9,
+    DNN_TYPE_HANDLE = 0, DNN_TYPE_DATA_TYPE = 1, DNN_TYPE_BOOLEAN = 2, DNN_TYPE_INT64 = 3, DNN_TYPE_VOID_PTR = 6,
+    DNN_TYPE_HEUR_MODE = 8, DNN_TYPE_BACKEND_DESCRIPTOR = 15, DNN_TYPE_CHAR = 24,
+    DNN_ENGINECFG = 3, DNN_ENGINEHEUR = 4, DNN_EXECUTION_PLAN = 5, DNN_OPERATIONGRAPH = 15, DNN_VARIANT_PACK = 16,
+    DNN_TENSOR = 17, DNN_OPERATION_SDPA_FWD = 41,
+    DNN_ATTR_ENGINEHEUR_MODE = 200, DNN_ATTR_ENGINEHEUR_OPERATION_GRAPH = 201, DNN_ATTR_ENGINEHEUR_RESULTS = 202,
+    DNN_ATTR_EXECUTION_PLAN_HANDLE = 400, DNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG = 401,
+    DNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE = 402, DNN_ATTR_EXECUTION_PLAN_JSON = 405,
+    DNN_ATTR_OPERATIONGRAPH_HANDLE = 800, DNN_ATTR_OPERATIONGRAPH_OPS = 801,
+    DNN_ATTR_TENSOR_BYTE_ALIGNMENT = 900, DNN_ATTR_TENSOR_DATA_TYPE = 901, DNN_ATTR_TENSOR_DIMENSIONS = 902,
+    DNN_ATTR_TENSOR_STRIDES = 903, DNN_ATTR_TENSOR_UNIQUE_ID = 906, DNN_ATTR_TENSOR_IS_VIRTUAL = 907,
+    DNN_ATTR_TENSOR_IS_BY_VALUE = 908,
+    DNN_ATTR_VARIANT_PACK_UNIQUE_IDS = 1000, DNN_ATTR_VARIANT_PACK_DATA_POINTERS = 1001, DNN_ATTR_VARIANT_PACK_WORKSPACE = 1003,
+    DNN_ATTR_SDPA_FWD_Q = 2800, DNN_ATTR_SDPA_FWD_K = 2801, DNN_ATTR_SDPA_FWD_V = 2802, DNN_ATTR_SDPA_FWD_O = 2803,
+    DNN_ATTR_SDPA_FWD_SCALE = 2805,
+    DNN_HEUR_MODE_FALLBACK = 2, DNN_HEUR_MODE_A = 3,
+};
+
+enum { UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SCALE = 5 };
+#define KC_SDPA_MAX_CONFIGS 16
+#define KC_SDPA_KEEP 32
+
+struct kc_sdpa_plan {
+    cudnnBackendDescriptor_t plan;
+    cudnnBackendDescriptor_t keep[KC_SDPA_KEEP];
+    int kept;
+};
+
+static void keep(kc_sdpa_plan *p, cudnnBackendDescriptor_t d) {
+    if (d && p->kept < KC_SDPA_KEEP) p->keep[p->kept++] = d;
+}
+
+void kc_sdpa_destroy(kc_sdpa_plan *p) {
+    if (!p) return;
+    if (p->plan) kc_dnn.cudnnBackendDestroyDescriptor(p->plan);
+    for (int i = p->kept - 1; i >= 0; i--) kc_dnn.cudnnBackendDestroyDescriptor(p->keep[i]);
+    free(p);
+}
+
+static int fail(int status, const char *step, char *message, size_t size) {
+    char last[512] = "";
+    if (kc_dnn.cudnnGetLastErrorString) kc_dnn.cudnnGetLastErrorString(last, sizeof last);
+    const char *name = kc_dnn.cudnnGetErrorString ? kc_dnn.cudnnGetErrorString(status) : "cuDNN error";
+    snprintf(message, size, "%s failed: %s (status %d)%s%s", step, name ? name : "?", status, last[0] ? ": " : "", last);
+    return status ? status : -1;
+}
+
+#define TRY(call, step) do { int s_ = (call); if (s_) { fail(s_, step, message, messageSize); kc_sdpa_destroy(p); return s_; } } while (0)
+
+static int make_tensor(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t uid, int type, const int64_t *dims,
+                       const int64_t *strides, int byValue, char *message, size_t messageSize) {
+    cudnnBackendDescriptor_t t = NULL;
+    int s = kc_dnn.cudnnBackendCreateDescriptor(DNN_TENSOR, &t);
+    if (s) return fail(s, "create tensor", message, messageSize);
+    keep(p, t);
+    int64_t alignment = 16;
+    _Bool virt = 0;
+    if ((s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_DATA_TYPE, DNN_TYPE_DATA_TYPE, 1, &type))
+        || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_DIMENSIONS, DNN_TYPE_INT64, 4, dims))
+        || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_STRIDES, DNN_TYPE_INT64, 4, strides))
+        || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_UNIQUE_ID, DNN_TYPE_INT64, 1, &uid))
+        || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_BYTE_ALIGNMENT, DNN_TYPE_INT64, 1, &alignment))
+        || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_IS_VIRTUAL, DNN_TYPE_BOOLEAN, 1, &virt)))
+        return fail(s, "tensor attributes", message, messageSize);
+    if (byValue) {
+        _Bool yes = 1;
+        if ((s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_IS_BY_VALUE, DNN_TYPE_BOOLEAN, 1, &yes)))
+            return fail(s, "tensor by value", message, messageSize);
+    }
+    if ((s = kc_dnn.cudnnBackendFinalize(t))) return fail(s, "finalize tensor", message, messageSize);
+    *out = t;
+    return 0;
+}
+
+int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64_t sk, int64_t d, int config,
+                   kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
+                   char *message, size_t messageSize) {
+    *out = NULL;
+    if (!kc_loaded(KC_LIB_CUDNN)) { snprintf(message, messageSize, "cuDNN not loaded"); return -1; }
+    kc_sdpa_plan *p = calloc(1, sizeof *p);
+    // [B, H, L, D] dimensions over [B, L, H, D] memory.
+    int64_t qd[4] = {b, h, sq, d}, qs[4] = {sq * h * d, d, h * d, 1};
+    int64_t kd[4] = {b, h, sk, d}, ks[4] = {sk * h * d, d, h * d, 1};
+    int64_t one[4] = {1, 1, 1, 1};
+    cudnnBackendDescriptor_t q, k, v, o, scale;
+    int s;
+    if ((s = make_tensor(p, &q, UID_Q, DNN_DATA_BFLOAT16, qd, qs, 0, message, messageSize))
+        || (s = make_tensor(p, &k, UID_K, DNN_DATA_BFLOAT16, kd, ks, 0, message, messageSize))
+        || (s = make_tensor(p, &v, UID_V, DNN_DATA_BFLOAT16, kd, ks, 0, message, messageSize))
+        || (s = make_tensor(p, &o, UID_O, DNN_DATA_BFLOAT16, qd, qs, 0, message, messageSize))
+        || (s = make_tensor(p, &scale, UID_SCALE, DNN_DATA_FLOAT, one, one, 1, message, messageSize))) {
+        kc_sdpa_destroy(p);
+        return s;
+    }
+    cudnnBackendDescriptor_t op = NULL, graph = NULL;
+    TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATION_SDPA_FWD, &op), "create SDPA_FWD operation");
+    keep(p, op);
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_Q, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &q), "SDPA Q");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_K, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &k), "SDPA K");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_V, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &v), "SDPA V");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_O, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &o), "SDPA O");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_SCALE, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &scale), "SDPA scale");
+    TRY(kc_dnn.cudnnBackendFinalize(op), "finalize SDPA_FWD operation");
+    TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATIONGRAPH, &graph), "create operation graph");
+    keep(p, graph);
+    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_OPS, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &op), "graph ops");
+    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_HANDLE, DNN_TYPE_HANDLE, 1, &handle), "graph handle");
+    TRY(kc_dnn.cudnnBackendFinalize(graph), "finalize operation graph");
+
+    int modes[2] = {DNN_HEUR_MODE_A, DNN_HEUR_MODE_FALLBACK};
+    int executable = 0;
+    snprintf(message, messageSize, "no engine config");
+    for (int m = 0; m < 2; m++) {
+        cudnnBackendDescriptor_t heur = NULL;
+        if (kc_dnn.cudnnBackendCreateDescriptor(DNN_ENGINEHEUR, &heur)) continue;
+        keep(p, heur);
+        if (kc_dnn.cudnnBackendSetAttribute(heur, DNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph)
+            || kc_dnn.cudnnBackendSetAttribute(heur, DNN_ATTR_ENGINEHEUR_MODE, DNN_TYPE_HEUR_MODE, 1, &modes[m])) continue;
+        if ((s = kc_dnn.cudnnBackendFinalize(heur))) { fail(s, "finalize engine heuristics", message, messageSize); continue; }
+        cudnnBackendDescriptor_t configs[KC_SDPA_MAX_CONFIGS];
+        int created = 0;
+        for (; created < KC_SDPA_MAX_CONFIGS; created++) {
+            if (kc_dnn.cudnnBackendCreateDescriptor(DNN_ENGINECFG, &configs[created])) break;
+            keep(p, configs[created]);
+        }
+        int64_t count = 0;
+        if ((s = kc_dnn.cudnnBackendGetAttribute(heur, DNN_ATTR_ENGINEHEUR_RESULTS, DNN_TYPE_BACKEND_DESCRIPTOR, created, &count, configs))) {
+            fail(s, "engine heuristic results", message, messageSize);
+            continue;
+        }
+        for (int i = 0; i < count && i < created; i++) {
+            cudnnBackendDescriptor_t plan = NULL;
+            if (kc_dnn.cudnnBackendCreateDescriptor(DNN_EXECUTION_PLAN, &plan)) continue;
+            if (kc_dnn.cudnnBackendSetAttribute(plan, DNN_ATTR_EXECUTION_PLAN_HANDLE, DNN_TYPE_HANDLE, 1, &handle)
+                || kc_dnn.cudnnBackendSetAttribute(plan, DNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &configs[i])
+                || (s = kc_dnn.cudnnBackendFinalize(plan))) {
+                fail(s, "finalize execution plan", message, messageSize);
+                kc_dnn.cudnnBackendDestroyDescriptor(plan);
+                continue;
+            }
+            if (executable++ < config) { kc_dnn.cudnnBackendDestroyDescriptor(plan); continue; }
+            int64_t ws = 0, n = 0;
+            kc_dnn.cudnnBackendGetAttribute(plan, DNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, DNN_TYPE_INT64, 1, &n, &ws);
+            if (info && infoSize) {
+                info[0] = 0;
+                kc_dnn.cudnnBackendGetAttribute(plan, DNN_ATTR_EXECUTION_PLAN_JSON, DNN_TYPE_CHAR, (int64_t)infoSize - 1, &n, info);
+                info[infoSize - 1] = 0;
+            }
+            p->plan = plan;
+            *workspaceBytes = ws;
+            *configCount = (int)count;
+            *out = p;
+            message[0] = 0;
+            return 0;
+        }
+    }
+    kc_sdpa_destroy(p);
+    return -1;
+}
+
+int kc_sdpa_execute(cudnnHandle_t handle, const kc_sdpa_plan *p, CUdeviceptr q, CUdeviceptr k, CUdeviceptr v,
+                    CUdeviceptr o, float scale, CUdeviceptr workspace, char *message, size_t messageSize) {
+    cudnnBackendDescriptor_t pack = NULL;
+    int s = kc_dnn.cudnnBackendCreateDescriptor(DNN_VARIANT_PACK, &pack);
+    if (s) return fail(s, "create variant pack", message, messageSize);
+    int64_t uids[5] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE};
+    void *pointers[5] = {(void *)(uintptr_t)q, (void *)(uintptr_t)k, (void *)(uintptr_t)v, (void *)(uintptr_t)o, &scale};
+    void *ws = (void *)(uintptr_t)workspace;
+    if ((s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_UNIQUE_IDS, DNN_TYPE_INT64, 5, uids))
+        || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_DATA_POINTERS, DNN_TYPE_VOID_PTR, 5, pointers))
+        || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_WORKSPACE, DNN_TYPE_VOID_PTR, 1, &ws))
+        || (s = kc_dnn.cudnnBackendFinalize(pack))) {
+        kc_dnn.cudnnBackendDestroyDescriptor(pack);
+        return fail(s, "variant pack", message, messageSize);
+    }
+    s = kc_dnn.cudnnBackendExecute(handle, p->plan, pack);
+    kc_dnn.cudnnBackendDestroyDescriptor(pack);
+    return s ? fail(s, "cudnnBackendExecute(SDPA)", message, messageSize) : 0;
+}

@@ -1,0 +1,84 @@
+import CKilnCUDA
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// cuDNN's fused flash attention (the unified SDPA_FWD graph operation), BF16, over the op interface's
+/// `[B, L, H·D]` layout; one execution plan per shape, built on first use.
+public final class CuDNNAttention: @unchecked Sendable {
+    public let handle: cudnnHandle_t
+    public let version: Int
+    public let path: String
+    let stream: CUDAStream
+
+    struct Shape: Hashable { var batch, heads, queries, keys, dim: Int }
+
+    public final class Plan {
+        let raw: OpaquePointer
+        public let workspaceBytes: Int
+        public let configCount: Int
+        public let engine: String
+        init(raw: OpaquePointer, workspaceBytes: Int, configCount: Int, engine: String) {
+            (self.raw, self.workspaceBytes, self.configCount, self.engine) = (raw, workspaceBytes, configCount, engine)
+        }
+        deinit { kc_sdpa_destroy(raw) }
+    }
+
+    private var plans: [Shape: Plan] = [:]
+    private var failures: [Shape: String] = [:]
+
+    public init(stream: CUDAStream) throws {
+        path = try CUDALibrary.cudnn.load()
+        version = Int(kc_dnn.cudnnGetVersion!())
+        var h: cudnnHandle_t?
+        let status = kc_dnn.cudnnCreate!(&h)
+        guard status == 0, let h else { throw CuDNNAttention.error(status, "cudnnCreate") }
+        handle = h
+        self.stream = stream
+        let s = kc_dnn.cudnnSetStream!(handle, stream.handle)
+        guard s == 0 else { throw CuDNNAttention.error(s, "cudnnSetStream") }
+    }
+
+    deinit { _ = kc_dnn.cudnnDestroy?(handle) }
+
+    static func error(_ status: Int32, _ call: String) -> CUDAError {
+        let name = kc_dnn.cudnnGetErrorString?(status).map { String(cString: $0) } ?? "cuDNN error"
+        return CUDAError(call: call, status: status, text: name)
+    }
+
+    /// "9.19.0"-style version text.
+    public var versionText: String { "\(version / 10000).\((version / 100) % 100).\(version % 100)" }
+
+    /// The plan for a shape, or nil (with the reason remembered) when cuDNN offers no engine for it.
+    public func plan(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> Plan? {
+        let shape = Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)
+        if let p = plans[shape] { return p }
+        if failures[shape] != nil { return nil }
+        var raw: OpaquePointer?
+        var workspace: Int64 = 0
+        var count: Int32 = 0
+        var info = [CChar](repeating: 0, count: 2048)
+        var message = [CChar](repeating: 0, count: 1024)
+        let status = kc_sdpa_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, &raw,
+                                    &workspace, &count, &info, info.count, &message, message.count)
+        guard status == 0, let raw else {
+            failures[shape] = String(cString: message)
+            return nil
+        }
+        let p = Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info))
+        plans[shape] = p
+        return p
+    }
+
+    public func failure(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> String? {
+        failures[Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)]
+    }
+
+    public func run(_ plan: Plan, q: CUdeviceptr, k: CUdeviceptr, v: CUdeviceptr, out: CUdeviceptr, scale: Float,
+                    workspace: CUdeviceptr) throws {
+        var message = [CChar](repeating: 0, count: 1024)
+        let status = kc_sdpa_execute(handle, plan.raw, q, k, v, out, scale, workspace, &message, message.count)
+        guard status == 0 else { throw CUDAError(call: "cuDNN SDPA", status: status, text: String(cString: message)) }
+    }
+}
