@@ -39,6 +39,9 @@ public protocol Backend: AnyObject {
     func tensor(_ host: HostTensor) -> Tensor
     /// Loads a weight. Backends may convert it (e.g. to BF16 or FP8); `role` says how it will be used.
     func weight(_ host: HostTensor, role: WeightRole) -> Tensor
+    /// A weight of seeded normal values `mean + std · n_i`, where n_i is the i-th normal of `NoiseGenerator(seed:)`;
+    /// backends may generate it in place (random full-size models without a host round trip).
+    func randomNormal(shape: [Int], seed: UInt64, mean: Float, std: Float, role: WeightRole) -> Tensor
     /// Copies a tensor back to the host as fp32.
     func host(_ tensor: Tensor) -> HostTensor
     /// The shape of a tensor.
@@ -125,6 +128,11 @@ public struct Padding: Equatable, Sendable {
 
 extension Backend {
     public func synchronize() throws {}
+
+    public func randomNormal(shape: [Int], seed: UInt64, mean: Float, std: Float, role: WeightRole) -> Tensor {
+        var noise = NoiseGenerator(seed: seed)
+        return weight(HostTensor(shape: shape, data: noise.normal(shape.reduce(1, *)).map { mean + std * $0 }), role: role)
+    }
 
     public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor {
         modulate(layerNorm(x, weight: nil, bias: nil, eps: eps), shift: shift, scale: scale)

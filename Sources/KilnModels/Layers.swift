@@ -8,9 +8,16 @@ public protocol WeightSource {
     /// The tensor with canonical name `name`, as fp32, which must have `shape`.
     /// Throws `KilnError.missingTensor` if absent and `KilnError.wrongShape` if its shape differs.
     func tensor(_ name: String, shape: [Int]) throws -> HostTensor
+    /// Weight `name` on `backend` (by default: `tensor` handed to `backend.weight`).
+    func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor
 }
 
 extension WeightSource {
+    /// Hands weight `name` to `backend` for use as `role`.
+    public func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor {
+        backend.weight(try tensor(name, shape: shape), role: role)
+    }
+
     /// Checks a loaded tensor's shape.
     public func checked(_ value: HostTensor, _ name: String, _ shape: [Int]) throws -> HostTensor {
         guard value.shape == shape else { throw KilnError.wrongShape(name: name, expected: shape, found: value.shape) }
@@ -84,13 +91,13 @@ public struct WeightLoader<B: Backend> {
 
     /// A vector parameter (bias, norm scale) of `count` elements.
     public func vector(_ name: String, count: Int) throws -> B.Tensor {
-        backend.weight(try host(name, shape: [count]), role: .vector)
+        try source.load(prefix + name, shape: [count], role: .vector, backend: backend)
     }
 
     /// A linear layer `name.weight` `[out, in]` and, if `bias`, `name.bias` `[out]`.
     public func linear(_ name: String, in inputs: Int, out outputs: Int, bias: Bool = true) throws -> Linear<B> {
         let scope = scoped(name)
-        return Linear(weight: backend.weight(try scope.host("weight", shape: [outputs, inputs]), role: .linear),
+        return Linear(weight: try source.load(scope.prefix + "weight", shape: [outputs, inputs], role: .linear, backend: backend),
                       bias: bias ? try scope.vector("bias", count: outputs) : nil)
     }
 

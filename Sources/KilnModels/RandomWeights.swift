@@ -1,3 +1,4 @@
+import KilnBackends
 import KilnCore
 
 /// Seeded random weights of whatever shapes the model asks for, so a model of any size runs without files.
@@ -23,26 +24,31 @@ public struct RandomWeights: WeightSource {
     public var origin: String { "random weights (seed \(seed))" }
 
     public func tensor(_ name: String, shape: [Int]) throws -> HostTensor {
-        var noise = NoiseGenerator(seed: seed ^ RandomWeights.hash(name))
-        let count = shape.reduce(1, *)
-        let isNorm = name.hasSuffix(".scale") || name.contains("norm")
+        let (seed, mean, std) = distribution(name, shape)
+        var noise = NoiseGenerator(seed: seed)
+        return HostTensor(shape: shape, data: noise.normal(shape.reduce(1, *)).map { mean + std * $0 })
+    }
+
+    /// Generated where the backend keeps it; equal to `tensor` up to the backend's storage rounding.
+    public func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor {
+        let (seed, mean, std) = distribution(name, shape)
+        return backend.randomNormal(shape: shape, seed: seed, mean: mean, std: std, role: role)
+    }
+
+    /// The stream seed, mean and standard deviation of tensor `name`.
+    func distribution(_ name: String, _ shape: [Int]) -> (seed: UInt64, mean: Float, std: Float) {
+        let tensorSeed = seed ^ RandomWeights.hash(name)
         if shape.count == 1 {
-            let isScale = isNorm && !name.hasSuffix(".bias")
+            let isScale = (name.hasSuffix(".scale") || name.contains("norm")) && !name.hasSuffix(".bias")
             switch initialization {
-            case .conditioned:
-                let std: Float = isScale ? 0.1 : 0.05
-                return HostTensor(shape: shape, data: noise.normal(count).map { (isScale ? 1 : 0) + std * $0 })
-            case .flat:
-                return HostTensor(shape: shape, repeating: isScale ? 1 : 0)
+            case .conditioned: return (tensorSeed, isScale ? 1 : 0, isScale ? 0.1 : 0.05)
+            case .flat: return (tensorSeed, isScale ? 1 : 0, 0)
             }
         }
-        let fanIn = shape.dropFirst().reduce(1, *)
-        let std: Float
         switch initialization {
-        case .conditioned: std = 1 / Float(fanIn).squareRoot()
-        case let .flat(value): std = value
+        case .conditioned: return (tensorSeed, 0, 1 / Float(shape.dropFirst().reduce(1, *)).squareRoot())
+        case let .flat(std): return (tensorSeed, 0, std)
         }
-        return HostTensor(shape: shape, data: noise.normal(count).map { std * $0 })
     }
 
     /// FNV-1a of the name, so each tensor gets its own stream.
