@@ -94,7 +94,7 @@ public final class CUDABackend: Backend {
     public var autotune = true
     /// Which attention implementation runs: cuDNN's fused flash attention when it has an engine for the shape
     /// (no key mask), else Kiln's own kernel (`KILN_ATTENTION=own|cudnn|auto`).
-    public enum AttentionKernel: String, Sendable { case auto, own, cudnn }
+    public enum AttentionKernel: String, Sendable { case auto, own, cudnn, gemm }
     public var attentionKernel: AttentionKernel = AttentionKernel(rawValue: FileIO.environment("KILN_ATTENTION") ?? "auto") ?? .auto
     /// The implementation the last `attention` call used.
     public private(set) var lastAttentionPath = ""
@@ -421,10 +421,9 @@ public final class CUDABackend: Backend {
             let keys = k.shape[1]
             precondition(k.shape == [batch, keys, width] && v.shape == k.shape, "attention: q \(q.shape) k \(k.shape) v \(v.shape)")
             let d = width / heads
-            guard d == 128 else { throw KilnError.unsupported("CUDA attention supports head size 128 only (got \(d))") }
             if let keyMask { precondition(keyMask.count == batch * keys, "attention: key mask \(keyMask.shape)") }
             let softmaxScale = scale ?? 1 / Float(d).squareRoot()
-            if keyMask == nil && attentionKernel != .own, let dnn = cudnn() {
+            if keyMask == nil && (attentionKernel == .auto || attentionKernel == .cudnn), let dnn = cudnn() {
                 if let plan = dnn.plan(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) {
                     let out = try empty(q.shape)
                     let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
@@ -441,6 +440,9 @@ public final class CUDABackend: Backend {
             } else if attentionKernel == .cudnn {
                 throw KilnError.unsupported("cuDNN attention unavailable: \(keyMask != nil ? "key masks run on Kiln's kernel" : cudnnState?.error ?? "?")")
             }
+            guard d == 128 && attentionKernel != .gemm else {
+                return try attentionByGEMM(q: q, k: k, v: v, heads: heads, scale: softmaxScale, keyMask: keyMask)
+            }
             lastAttentionPath = "own"
             let out = try empty(q.shape)
             let shared = (128 * 128 + 4 * 64 * 128) * 2
@@ -454,6 +456,46 @@ public final class CUDABackend: Backend {
                        name: "attention_fwd_bf16_d128", args)
             return out
         }
+    }
+
+    /// Attention for any head size and with key masks, as GEMMs per (batch, head): fp32 scores `Q_h K_hᵀ`, a row
+    /// softmax to BF16 probabilities, then `P V_h` (V_h transposed first). Memory: Lq·Lk·6 bytes per call.
+    func attentionByGEMM(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, keyMask: CUDATensor?) throws -> CUDATensor {
+        let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
+        let keys = k.shape[1]
+        let d = width / heads
+        lastAttentionPath = "gemm"
+        let out = try empty(q.shape)
+        let scores = try pool.allocate(queries * keys * 4)
+        let probabilities = try pool.allocate(queries * keys * 2)
+        let vt = try pool.allocate(d * keys * 2)
+        var scoreKey = GemmKey(m: queries, n: keys, k: d, precision: .bf16)
+        scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true
+        var outKey = GemmKey(m: queries, n: d, k: keys, precision: .bf16)
+        outKey.strideOut = width
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let offset = CUdeviceptr((h * d) * 2)
+                let qh = q.pointer + CUdeviceptr(b * queries * width * 2) + offset
+                let kh = k.pointer + CUdeviceptr(b * keys * width * 2) + offset
+                let vh = v.pointer + CUdeviceptr(b * keys * width * 2) + offset
+                let oh = out.pointer + CUdeviceptr(b * queries * width * 2) + offset
+                let s = GemmOperands(x: qh, w: kh, out: scores.pointer)
+                try plan(scoreKey, operands: s).run(s, stream: stream)
+                try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (queries, 1, 1), block: (256, 1, 1)) {
+                    $0.add(probabilities.pointer); $0.add(scores.pointer)
+                    $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0); $0.add(scale)
+                    $0.add(UInt64(queries)); $0.add(Int32(keys))
+                }
+                try launchKernel("softmax", "transpose_bf16", grid: ((d + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {
+                    $0.add(vt.pointer); $0.add(vh); $0.add(UInt64(keys)); $0.add(Int32(d)); $0.add(UInt64(width))
+                }
+                let o = GemmOperands(x: probabilities.pointer, w: vt.pointer, out: oh)
+                try plan(outKey, operands: o).run(o, stream: stream)
+            }
+        }
+        withExtendedLifetime((scores, probabilities, vt)) {}
+        return out
     }
 
     /// cuDNN's attention, loaded on first use; nil (reason in `cudnnError`) when cuDNN is absent.

@@ -32,12 +32,26 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
     public var precision: GemmPrecision
     public var epilogue: GemmEpilogue
 
+    /// Row strides (elements) of X, W and Y when they are not packed (heads inside a wider row); 0 = packed.
+    public var strideX = 0, strideW = 0, strideOut = 0
+    /// fp32 output instead of BF16 (attention scores).
+    public var outputF32 = false
+
     public init(m: Int, n: Int, k: Int, precision: GemmPrecision, epilogue: GemmEpilogue = .none) {
         (self.m, self.n, self.k, self.precision, self.epilogue) = (m, n, k, precision, epilogue)
     }
 
+    var ldX: Int { strideX > 0 ? strideX : k }
+    var ldW: Int { strideW > 0 ? strideW : k }
+    var ldOut: Int { strideOut > 0 ? strideOut : n }
+
     /// The text used as the plan cache's key.
-    public var description: String { "\(precision.rawValue) m\(m) n\(n) k\(k) \(epilogue.rawValue)" }
+    public var description: String {
+        var text = "\(precision.rawValue) m\(m) n\(n) k\(k) \(epilogue.rawValue)"
+        if strideX > 0 || strideW > 0 || strideOut > 0 { text += " ld \(ldX),\(ldW),\(ldOut)" }
+        if outputF32 { text += " f32" }
+        return text
+    }
 
     public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
 }
@@ -171,9 +185,9 @@ public final class GemmPlan: @unchecked Sendable {
             try set(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_POINTER), UInt64(lt.workspace.pointer))
         }
         if key.epilogue.hasBias { try set(Int(KC_CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), Int32(KC_CUDA_R_16BF)) }
-        layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.k)
-        layoutB = try GemmPlan.layout(inputType, key.k, key.m, key.k)
-        layoutD = try GemmPlan.layout(Int32(KC_CUDA_R_16BF), key.n, key.m, key.n)
+        layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.ldW)
+        layoutB = try GemmPlan.layout(inputType, key.k, key.m, key.ldX)
+        layoutD = try GemmPlan.layout(key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF), key.n, key.m, key.ldOut)
     }
 
     static func layout(_ type: Int32, _ rows: Int, _ cols: Int, _ ld: Int) throws -> cublasLtMatrixLayout_t {
@@ -211,7 +225,7 @@ public final class GemmPlan: @unchecked Sendable {
     /// filtered by `cublasLtMatmulAlgoCheck` and the workspace limit. At most `limit`.
     public func enumerateAll(limit: Int = 4000) throws -> [GemmAlgorithm] {
         let input = key.precision == .fp8 ? Int32(KC_CUDA_R_8F_E4M3) : Int32(KC_CUDA_R_16BF)
-        let output = Int32(KC_CUDA_R_16BF)
+        let output = key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF)
         let compute = Int32(KC_CUBLAS_COMPUTE_32F), scale = Int32(KC_CUDA_R_32F)
         var ids = [Int32](repeating: 0, count: 256)
         var count: Int32 = 0
@@ -348,9 +362,10 @@ public final class GemmTuner: @unchecked Sendable {
     public let lt: CuBLASLt
     public let cache: GemmPlanCache
     public var candidateCount = 8
-    /// Search every configuration cuBLASLt accepts (screened, then the best 8 re-timed) instead of the heuristic's
-    /// top candidates (`KILN_GEMM_TUNE=exhaustive`); slower once, the result is cached like any other.
-    public var exhaustive = FileIO.environment("KILN_GEMM_TUNE") == "exhaustive"
+    /// Search every configuration cuBLASLt accepts (screened with a short timing, the best 8 re-timed) besides the
+    /// heuristic's top candidates; `KILN_GEMM_TUNE=heuristic` limits the search to the heuristic's list. A fraction of a
+    /// second per shape, once: the choice is cached per GPU.
+    public var exhaustive = FileIO.environment("KILN_GEMM_TUNE") != "heuristic"
 
     public init(lt: CuBLASLt, cache: GemmPlanCache) {
         self.lt = lt

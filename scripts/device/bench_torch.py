@@ -1,8 +1,10 @@
 """PyTorch side of Kiln's CUDA micro-benchmarks: torch.matmul (BF16), torch._scaled_mm (FP8 row-wise, fast
 accumulation) at FLUX's GEMM shapes (M = 4608), and scaled_dot_product_attention (cuDNN and flash backends) at
-24 heads x L x 128. CUDA events, median of batches after warm-up, the same method as `kiln selftest`."""
+24 heads x L x 128. CUDA events, median of 5 batches of 20 calls after 5 warm-up calls and a 200 ms pause, the
+same method as `kiln selftest`."""
 import argparse
 import json
+import time
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,9 @@ M = 4608
 
 
 def bench(fn, warmup=5, repeats=20, batches=5):
+    # Start from an idle GPU (as `kiln selftest` does): sustained load lowers the clocks.
+    torch.cuda.synchronize()
+    time.sleep(0.2)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -33,7 +38,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
-    result = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "gemm": [], "attention": []}
+    result = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "cublas": str(torch.backends.cuda.preferred_blas_library()),
+              "cudnn": torch.backends.cudnn.version(), "gemm": [], "attention": []}
     torch.manual_seed(0)
     for n, k in SHAPES:
         x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)

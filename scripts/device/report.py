@@ -16,7 +16,8 @@ def main():
                 if key in mine and key in theirs:
                     mine[key] = min(mine[key], theirs[key])
     out = []
-    out.append(f"GPU: {kiln['gpu']}; cuBLASLt {kiln['cublasLt']}; NVRTC {kiln['nvrtc']}; torch {torch.get('torch', '?')}\n")
+    out.append(f"GPU: {kiln['gpu']}; kiln: cuBLASLt {kiln['cublasLt']}, cuDNN {kiln.get('cudnn', '?')}, NVRTC {kiln['nvrtc']}; "
+               f"torch {torch.get('torch', '?')} (cuDNN {torch.get('cudnn', '?')}, BLAS backend {torch.get('cublas', '?')})\n")
     out.append(f"## Conformance: {kiln['passed']} passed, {kiln['failed']} failed\n")
     out.append("| op | shape | precision | rel. error | tol | kiln ms | result | note |")
     out.append("|---|---|---|---|---|---|---|---|")

@@ -23,7 +23,8 @@ WHEEL_LIBS=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2
 } 2>&1 | tee "$LOG"
 echo "== PyTorch reference"
 PYTHONUNBUFFERED=1 python3 scripts/device/bench_torch.py --json "$OUT/torch.json" 2>&1 | tee -a "$LOG"
-# The selftest uses the same cuBLASLt as PyTorch (the venv's wheel), so the GEMM comparison is library-for-library.
+# The selftest uses the same cuBLASLt as PyTorch (the venv's wheel), library for library; cuDNN comes from the
+# system loader path (both versions are printed).
 echo "== kiln selftest --gpu (KILN_CUDA_LIBS=$WHEEL_LIBS)"
 KILN_CUDA_LIBS=$WHEEL_LIBS $BIN selftest --gpu --json "$OUT/kiln.json" ${KILN_SELFTEST_ARGS:-} 2>&1 | tee "$OUT/selftest.txt"
 echo "selftest rc=${PIPESTATUS[0]}"
