@@ -1,0 +1,42 @@
+#!/bin/bash
+# FLUX.1 end to end on the GPU machine, in one call: `kiln bench` at full size with random weights (dev and schnell,
+# several resolutions) next to diffusers eager BF16 measured in the same call, and the ratios.
+# Run from the repository root there, after scripts/device/run.sh's setup (binary at .device/kiln, wheels in .whl/):
+#   bash scripts/device/flux.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/kiln-out}
+mkdir -p "$OUT"
+BIN=${KILN_BIN:-.device/kiln}
+export KILN_KERNEL_DIR=${KILN_KERNEL_DIR:-$PWD/Sources/KilnCUDA/Kernels}
+export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
+export KILN_CUDA_LIBS=${KILN_CUDA_LIBS:-$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)}
+SIZES=${KILN_FLUX_SIZES:-1024x1024 768x1360 512x512}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# Tiny fixtures through the CUDA backend (BF16) against diffusers fp32: the whole pipeline, also from a prompt.
+for case in "tiny-flux-dev pipeline_dev_96x160 96 160 4" "tiny-flux-schnell pipeline_schnell_128x128 128 128 2"; do
+  set -- $case
+  ref=fixtures/reference/$2.safetensors
+  $BIN generate --device cuda --model fixtures/$1 --latents $ref --prompt-embeds $ref --height $3 --width $4 --steps $5 \
+    --save-latents "$OUT/$2-cuda.safetensors" --out "$OUT/$2-cuda.png" 2>&1 | grep -v '^denoising' | tail -2
+  python3 scripts/device/compare.py "$OUT/$2-cuda.safetensors:latents" "$ref:final_latents" "CUDA $1 $2 final latents"
+done
+ref=fixtures/reference/pipeline_prompt_a.safetensors
+$BIN generate --device cuda --model fixtures/tiny-flux-dev-text --prompt "a red kiln at dusk, 35mm photo" --latents $ref \
+  --height 128 --width 128 --steps 3 --save-latents "$OUT/prompt-cuda.safetensors" --save-prompt-embeds "$OUT/prompt-embeds-cuda.safetensors" \
+  --out "$OUT/prompt-cuda.png" 2>&1 | grep -v '^denoising' | tail -2
+python3 scripts/device/compare.py "$OUT/prompt-embeds-cuda.safetensors:prompt_embeds" "$ref:prompt_embeds" "CUDA T5 embeddings"
+python3 scripts/device/compare.py "$OUT/prompt-embeds-cuda.safetensors:pooled_prompt_embeds" "$ref:pooled_prompt_embeds" "CUDA CLIP pooled"
+python3 scripts/device/compare.py "$OUT/prompt-cuda.safetensors:latents" "$ref:final_latents" "CUDA prompt final latents"
+
+for variant in dev schnell; do
+  steps=$([ $variant = dev ] && echo 28 || echo 4)
+  for size in $SIZES; do
+    [ $variant = schnell ] && [ $size != 1024x1024 ] && continue
+    echo "== kiln bench $variant $size, $steps steps"
+    $BIN bench --random-weights $variant --device cuda --width ${size#*x} --height ${size%x*} --steps $steps --runs 1 \
+      --json "$OUT/kiln-$variant-$size.json" 2>&1 | grep -v '^denoising' | tail -3
+  done
+done
+echo "== diffusers eager BF16"
+PYTHONUNBUFFERED=1 python3 scripts/device/flux_torch.py --json "$OUT/torch-flux.json" --sizes "$(echo $SIZES | tr ' ' ',')"
+python3 scripts/device/flux_report.py "$OUT" | tee "$OUT/flux.md"
