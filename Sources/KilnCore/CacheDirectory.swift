@@ -24,7 +24,7 @@ public enum CacheDirectory {
         for component in path.split(separator: "/") {
             current += "/" + component
             if !FileIO.isDirectory(current) && mkdir(current, 0o755) != 0 && errno != EEXIST {
-                throw KilnError.unreadable(path: current, reason: String(cString: strerror(errno)))
+                throw KilnError.unwritable(path: current, reason: String(cString: strerror(errno)))
             }
         }
     }

@@ -75,20 +75,28 @@ public enum FileIO {
         }
     }
 
-    /// Writes bytes to `path` through a temporary file renamed into place, so a failed write never leaves half a file.
+    /// Writes bytes to `path` through a temporary file renamed into place, so a failed write never leaves half a file
+    /// (the temporary name carries the process id, so concurrent writers never share one).
     public static func write(_ bytes: [UInt8], to path: String) throws {
-        let temporary = path + ".partial"
-        guard let file = fopen(temporary, "wb") else { throw KilnError.unreadable(path: path, reason: lastError()) }
+        let temporary = path + ".partial-\(getpid())"
+        guard let file = fopen(temporary, "wb") else { throw KilnError.unwritable(path: path, reason: lastError()) }
         let written = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
         let closed = fclose(file)
         guard written == bytes.count, closed == 0 else {
             unlink(temporary)
-            throw KilnError.unreadable(path: path, reason: "write failed: \(lastError())")
+            throw KilnError.unwritable(path: path, reason: "write failed: \(lastError())")
         }
         guard rename(temporary, path) == 0 else {
             unlink(temporary)
-            throw KilnError.unreadable(path: path, reason: lastError())
+            throw KilnError.unwritable(path: path, reason: lastError())
         }
+    }
+
+    /// Throws `KilnError.unwritable` unless a file can be created at `path` (its folder exists and is writable).
+    public static func checkWritable(_ path: String) throws {
+        let folder = directory(of: path)
+        guard isDirectory(folder) else { throw KilnError.unwritable(path: path, reason: "no such folder \(folder)") }
+        guard access(folder, W_OK) == 0 else { throw KilnError.unwritable(path: path, reason: lastError()) }
     }
 
     /// True when `path` exists and is a directory.

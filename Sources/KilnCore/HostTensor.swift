@@ -68,6 +68,11 @@ public struct HostTensor: Equatable, Sendable {
 }
 
 extension HostTensor {
+    /// `count` copies stacked along the leading dimension (a `[1, …]` prompt for a batch, pooled text for every step).
+    public func repeated(_ count: Int) -> HostTensor {
+        HostTensor(shape: [shape[0] * count] + shape.dropFirst(), data: Array(repeatElement(data, count: count).joined()))
+    }
+
     /// The items of the leading (batch) dimension, each without it.
     public func batchItems() -> [HostTensor] {
         let itemShape = Array(shape.dropFirst())

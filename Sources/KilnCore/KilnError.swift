@@ -3,6 +3,8 @@
 public enum KilnError: Error, CustomStringConvertible, Equatable {
     /// A file could not be opened or read.
     case unreadable(path: String, reason: String)
+    /// A file or folder could not be created or written.
+    case unwritable(path: String, reason: String)
     /// A model or tensor file whose content is malformed.
     case corruptFile(path: String, reason: String)
     /// A tensor the model needs is absent.
@@ -17,6 +19,7 @@ public enum KilnError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .unreadable(path, reason): return "cannot read \(path): \(reason)"
+        case let .unwritable(path, reason): return "cannot write \(path): \(reason)"
         case let .corruptFile(path, reason): return "\(path): \(reason)"
         case let .missingTensor(name, file): return "tensor '\(name)' is missing from \(file)"
         case let .wrongShape(name, expected, found):

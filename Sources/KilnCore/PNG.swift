@@ -24,7 +24,7 @@ public enum PNG {
     }
 
     /// Converts a `[1, 3, H, W]` (or `[3, H, W]`) tensor in [0, 1] to PNG bytes; values are clamped and rounded
-    /// as diffusers does (`round(x * 255)`).
+    /// as diffusers does (`round(x * 255)`); non-finite values become 0 (see `nonFiniteCount`).
     public static func encode(image: HostTensor) -> [UInt8] {
         let shape = image.shape.count == 4 ? Array(image.shape.dropFirst()) : image.shape
         precondition(shape.count == 3 && shape[0] == 3, "expected a [1, 3, H, W] image, got \(image.shape)")
@@ -32,12 +32,16 @@ public enum PNG {
         var pixels = [UInt8](repeating: 0, count: height * width * 3)
         for c in 0..<3 {
             for i in 0..<(height * width) {
-                let value = min(max(image.data[c * height * width + i], 0), 1)
+                let raw = image.data[c * height * width + i]
+                let value = raw.isFinite ? min(max(raw, 0), 1) : 0
                 pixels[i * 3 + c] = UInt8((value * 255).rounded(.toNearestOrEven))
             }
         }
         return encode(rgb: pixels, width: width, height: height)
     }
+
+    /// How many values of a tensor are NaN or infinite (they are written as black).
+    public static func nonFiniteCount(_ image: HostTensor) -> Int { image.data.reduce(0) { $0 + ($1.isFinite ? 0 : 1) } }
 
     static func zlibStored(_ data: [UInt8]) -> [UInt8] {
         var out: [UInt8] = [0x78, 0x01]

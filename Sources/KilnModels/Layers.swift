@@ -25,20 +25,6 @@ extension WeightSource {
     }
 }
 
-/// A weight source over a map of host tensors (random models, tests).
-public struct DictionaryWeights: WeightSource {
-    public var tensors: [String: HostTensor]
-    public var origin: String
-    public init(_ tensors: [String: HostTensor], origin: String) {
-        self.tensors = tensors
-        self.origin = origin
-    }
-    public func tensor(_ name: String, shape: [Int]) throws -> HostTensor {
-        guard let value = tensors[name] else { throw KilnError.missingTensor(name: name, file: origin) }
-        return try checked(value, name, shape)
-    }
-}
-
 /// A fully connected layer `y = x · Wᵀ + b`.
 public struct Linear<B: Backend> {
     public let weight: B.Tensor

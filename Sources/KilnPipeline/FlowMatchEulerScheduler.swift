@@ -26,19 +26,30 @@ public struct SchedulerConfig: Equatable, Sendable {
         return config
     }
 
-    /// Reads `scheduler_config.json`.
+    /// Reads `scheduler_config.json`; absent keys take diffusers' class defaults (shift 1, no dynamic shifting), which
+    /// differ from FLUX.1-dev's values in `SchedulerConfig.dev`.
     public init(json: JSON, path: String) throws {
         func number(_ key: String, _ fallback: Double) throws -> Double { try json.finiteNumber(key, default: fallback, in: path) }
-        trainTimesteps = Int(try number("num_train_timesteps", 1000))
+        trainTimesteps = try json.positiveInt("num_train_timesteps", default: 1000, in: path)
         shift = try number("shift", 1)
+        guard shift > 0 else { throw KilnError.corruptFile(path: path, reason: "shift must be positive, got \(shift)") }
         useDynamicShifting = json["use_dynamic_shifting"]?.bool ?? false
-        baseImageSeqLen = Int(try number("base_image_seq_len", 256))
-        maxImageSeqLen = Int(try number("max_image_seq_len", 4096))
+        baseImageSeqLen = try json.positiveInt("base_image_seq_len", default: 256, in: path)
+        maxImageSeqLen = try json.positiveInt("max_image_seq_len", default: 4096, in: path)
+        guard maxImageSeqLen > baseImageSeqLen else {
+            throw KilnError.corruptFile(path: path, reason: "max_image_seq_len must exceed base_image_seq_len")
+        }
         baseShift = try number("base_shift", 0.5)
         maxShift = try number("max_shift", 1.15)
         for unsupported in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas"]
         where json[unsupported]?.bool == true {
             throw KilnError.unsupported("\(path): '\(unsupported)' is not supported (FLUX does not use it)")
+        }
+        if let kind = json["time_shift_type"]?.string, kind != "exponential" {
+            throw KilnError.unsupported("\(path): time_shift_type '\(kind)' is not supported (FLUX uses exponential)")
+        }
+        if json["stochastic_sampling"]?.bool == true {
+            throw KilnError.unsupported("\(path): stochastic_sampling is not supported (FLUX samples deterministically)")
         }
         if let terminal = json["shift_terminal"], terminal != .null {
             throw KilnError.unsupported("\(path): 'shift_terminal' is not supported (FLUX does not use it)")

@@ -17,8 +17,9 @@ public final class ProgressBar {
     /// Restarts the clock (e.g. after loading).
     public func reset() { start = MonotonicClock.now() }
 
-    /// Shows `done` of `total`.
+    /// Shows `done` of `total`; 0 (re)starts the clock without drawing.
     public func update(_ done: Int, of total: Int) {
+        if done == 0 { return reset() }
         let width = 30
         let filled = total == 0 ? width : done * width / total
         let elapsed = MonotonicClock.now() - start

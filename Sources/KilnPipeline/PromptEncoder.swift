@@ -7,7 +7,7 @@ import Glibc
 
 /// Turns prompts into FLUX's embeddings with the model's text encoders, remembering results on disk: a repeated
 /// (model, prompt, max length) skips both encoders. Entries are safetensors files named by a hash of the text
-/// encoders' files (path, size, modification time), the prompt and the max length.
+/// encoders' files (path, size, modification time in seconds), the prompt and the max length.
 public final class PromptEncoder<B: Backend> {
     let folder: String
     let backend: B
@@ -29,7 +29,7 @@ public final class PromptEncoder<B: Backend> {
             for name in try FileIO.list(path) {
                 var info = stat()
                 guard stat(FileIO.join(path, name), &info) == 0 else { continue }
-                identity += "\(part)/\(name):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec);"
+                identity += "\(part)/\(name):\(info.st_size):\(info.st_mtim.tv_sec);"
             }
         }
         modelKey = stableDigest([PromptEncoder.realPath(folder), identity])
@@ -40,9 +40,7 @@ public final class PromptEncoder<B: Backend> {
         guard !prompt.isEmpty else { throw KilnError.invalidArgument("the prompt is empty") }
         guard (1...4096).contains(maxLength) else { throw KilnError.invalidArgument("max sequence length must be in 1...4096, got \(maxLength)") }
         let one = try cached(prompt, maxLength) ?? encode(prompt, maxLength)
-        return PromptEmbeddings(
-            sequence: HostTensor(shape: [batch] + one.sequence.shape.dropFirst(), data: Array(repeatElement(one.sequence.data, count: batch).joined())),
-            pooled: HostTensor(shape: [batch] + one.pooled.shape.dropFirst(), data: Array(repeatElement(one.pooled.data, count: batch).joined())))
+        return PromptEmbeddings(sequence: one.sequence.repeated(batch), pooled: one.pooled.repeated(batch))
     }
 
     func entryPath(_ prompt: String, _ maxLength: Int) -> String? {

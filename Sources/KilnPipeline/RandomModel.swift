@@ -41,9 +41,6 @@ public struct RandomModel: Sendable {
         }
     }
 
-    /// Bytes the transformer's weights take as fp32 (what the CPU backend holds).
-    public var transformerBytes: Int { 4 * transformer.parameterCount }
-
     /// The pipeline with seeded random weights.
     public func pipeline<B: Backend>(backend: B, seed: UInt64 = 2024) throws -> TextToImagePipeline<B> {
         let weights = RandomWeights(seed: seed, initialization: initialization)
@@ -57,8 +54,7 @@ public struct RandomModel: Sendable {
         var noise = NoiseGenerator(seed: RandomWeights.hash(prompt))
         let sequence = noise.normal(textTokens * transformer.jointDim)
         let pooled = noise.normal(transformer.pooledDim)
-        return PromptEmbeddings(
-            sequence: HostTensor(shape: [batch, textTokens, transformer.jointDim], data: Array(repeatElement(sequence, count: batch).joined())),
-            pooled: HostTensor(shape: [batch, transformer.pooledDim], data: Array(repeatElement(pooled, count: batch).joined())))
+        return PromptEmbeddings(sequence: HostTensor(shape: [1, textTokens, transformer.jointDim], data: sequence).repeated(batch),
+                                pooled: HostTensor(shape: [1, transformer.pooledDim], data: pooled).repeated(batch))
     }
 }

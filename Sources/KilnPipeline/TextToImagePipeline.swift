@@ -66,14 +66,15 @@ public final class TextToImagePipeline<B: Backend> {
     }
 
     /// Runs the denoising loop from `latents` `[B, 16, h, w]` and returns the final latents in the same layout,
-    /// before the VAE's scaling and shift. `progress(step, steps)` is called after each step.
+    /// before the VAE's scaling and shift. `progress(step, steps)` is called with 0 once the per-run setup is queued
+    /// (conditioning, modulations, text states), then after each step.
     public func denoise(latents: HostTensor, prompt: PromptEmbeddings, options: GenerationOptions,
                         progress: ((Int, Int) -> Void)? = nil) throws -> HostTensor {
         let config = transformer.config
-        let (h, w) = (latents.shape[2], latents.shape[3])
-        guard latents.shape.count == 4, latents.shape[1] == config.latentChannels, h % 2 == 0, w % 2 == 0 else {
+        guard latents.shape.count == 4, latents.shape[1] == config.latentChannels, latents.shape[2] % 2 == 0, latents.shape[3] % 2 == 0 else {
             throw KilnError.invalidArgument("latents must be [B, \(config.latentChannels), H/8, W/8] with even sizes, got \(latents.shape)")
         }
+        let (h, w) = (latents.shape[2], latents.shape[3])
         let batch = latents.shape[0]
         guard prompt.sequence.shape.count == 3, prompt.sequence.shape[0] == batch, prompt.sequence.shape[2] == config.jointDim else {
             throw KilnError.invalidArgument("prompt embeddings must be [\(batch), T, \(config.jointDim)], got \(prompt.sequence.shape)")
@@ -84,14 +85,14 @@ public final class TextToImagePipeline<B: Backend> {
         let rows = h / 2
         let columns = w / 2
         let steps = options.steps ?? defaultSteps
+        guard steps >= 1 else { throw KilnError.invalidArgument("steps must be at least 1, got \(steps)") }
         let scheduler = FlowMatchEulerScheduler(config: schedulerConfig, steps: steps, imageTokens: rows * columns,
                                                 dynamicShift: !faults.contains(.noDynamicShift))
         // Everything that depends only on the schedule, the guidance and the prompt is computed before the loop:
         // conditioning vectors and all blocks' modulations for every step in one batch, text states, rotary tables.
         let times = scheduler.timesteps.flatMap { [Float](repeating: $0 / 1000, count: batch) }
         let guidance: [Float]? = config.guidanceEmbed ? [Float](repeating: options.guidance, count: steps * batch) : nil
-        let pooledPerStep = HostTensor(shape: [steps * batch, config.pooledDim],
-                                       data: Array(repeatElement(prompt.pooled.data, count: steps).joined()))
+        let pooledPerStep = prompt.pooled.repeated(steps)
         let vec = transformer.conditioning(timestep: times, guidance: guidance, pooled: backend.tensor(pooledPerStep), backend)
         let allModulations = transformer.modulations(vec, backend)
         let modulations = (0..<steps).map { allModulations.rows(($0 * batch)..<(($0 + 1) * batch), backend) }
@@ -99,6 +100,7 @@ public final class TextToImagePipeline<B: Backend> {
         let rope = transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, backend)
 
         var x = backend.tensor(LatentPacking.pack(latents))
+        progress?(0, steps)
         for step in 0..<steps {
             let velocity = transformer.step(latents: x, text: text, modulations: modulations[step], rope: rope, backend)
             x = backend.addScaled(x, velocity, alpha: scheduler.stepSize(step))
@@ -113,6 +115,7 @@ public final class TextToImagePipeline<B: Backend> {
         let scaled = latents.permuted([0, 2, 3, 1]).data.map { $0 / vaeConfig.scalingFactor + shift }
         let z = HostTensor(shape: [latents.shape[0], latents.shape[2], latents.shape[3], latents.shape[1]], data: scaled)
         let image = backend.host(decoder(backend.tensor(z), backend)).permuted([0, 3, 1, 2])
-        return HostTensor(shape: image.shape, data: image.data.map { min(max($0 / 2 + 0.5, 0), 1) })
+        // Non-finite values pass through (the PNG writer blackens them and the caller can count them).
+        return HostTensor(shape: image.shape, data: image.data.map { $0.isFinite ? min(max($0 / 2 + 0.5, 0), 1) : $0 })
     }
 }

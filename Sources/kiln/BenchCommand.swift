@@ -25,35 +25,43 @@ struct BenchCommand: ParsableCommand, BackendJob {
     var json: String?
 
     func run() throws {
-        try reportingErrors { try runOnDevice(arguments.device, self) }
+        try reportingErrors {
+            _ = try arguments.generationOptions()
+            try runOnDevice(arguments.device, self)
+        }
     }
 
     func execute<B: Backend>(on backend: B) throws {
         guard runs >= 0 else { throw KilnError.invalidArgument("--runs must not be negative") }
+        if let json { try FileIO.checkWritable(json) }
         let loadStart = MonotonicClock.now()
         let prepared = try arguments.prepare(on: backend)
         let pipeline = prepared.pipeline
         let loadSeconds = MonotonicClock.now() - loadStart
         fputs("kiln: \(prepared.description)\n", stderr)
 
+        var setupTimes: [Double] = []
         var stepTimes: [Double] = []
         var decodeTimes: [Double] = []
         var pngTimes: [Double] = []
         var firstImage = 0.0
         for run in 0...runs {
             var last = MonotonicClock.now()
-            let final = try pipeline.denoise(latents: prepared.noise, prompt: prepared.prompt, options: prepared.options) { _, _ in
-                try? backend.synchronize()
+            var deviceError: Error?
+            let final = try pipeline.denoise(latents: prepared.noise, prompt: prepared.prompt, options: prepared.options) { step, _ in
+                do { try backend.synchronize() } catch { deviceError = deviceError ?? error }
                 let now = MonotonicClock.now()
-                if run > 0 || runs == 0 { stepTimes.append(now - last) }
+                if run > 0 || runs == 0 {
+                    if step == 0 { setupTimes.append(now - last) } else { stepTimes.append(now - last) }
+                }
                 last = now
             }
+            if let deviceError { throw deviceError }
             let decodeStart = MonotonicClock.now()
             let images = pipeline.decode(final)
             let pngStart = MonotonicClock.now()
-            let pngs = images.batchItems().map { PNG.encode(image: $0) }
+            for image in images.batchItems() { _ = PNG.encode(image: image) }
             let end = MonotonicClock.now()
-            precondition(pngs.allSatisfy { !$0.isEmpty })
             if run == 0 { firstImage = BenchCommand.secondsSinceProcessStart() }
             if run > 0 || runs == 0 {
                 decodeTimes.append(pngStart - decodeStart)
@@ -77,6 +85,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("steps", .number(Double(stepTimes.count / max(1, runs)))),
             ("load_s", .number(BenchCommand.rounded(loadSeconds - prepared.textEncodingSeconds))),
             ("text_encoders_s", .number(BenchCommand.rounded(prepared.textEncodingSeconds))),
+            ("loop_setup_median_ms", .number(BenchCommand.rounded(BenchCommand.median(setupTimes) * 1000))),
             ("step_ms", .array(stepTimes.map { .number(BenchCommand.rounded($0 * 1000)) })),
             ("step_median_ms", .number(BenchCommand.rounded(stepMedian * 1000))),
             ("step_tflops", .number(BenchCommand.rounded(flops / stepMedian / 1e12))),

@@ -24,10 +24,14 @@ struct GenerateCommand: ParsableCommand, BackendJob {
     var saveLatents: String?
 
     func run() throws {
-        try reportingErrors { try runOnDevice(arguments.device, self) }
+        try reportingErrors {
+            _ = try arguments.generationOptions()
+            try runOnDevice(arguments.device, self)
+        }
     }
 
     func execute<B: Backend>(on backend: B) throws {
+        for path in [out, saveLatents, savePromptEmbeds].compactMap({ $0 }) { try FileIO.checkWritable(path) }
         let run = try arguments.prepare(on: backend)
         fputs("kiln: \(run.description)\n", stderr)
         if let savePromptEmbeds { try run.prompt.write(to: savePromptEmbeds) }
@@ -37,6 +41,10 @@ struct GenerateCommand: ParsableCommand, BackendJob {
             try SafeTensorsWriter.write([.init("latents", final)], to: saveLatents)
         }
         let images = run.pipeline.decode(final)
+        let nonFinite = PNG.nonFiniteCount(images)
+        if nonFinite > 0 {
+            fputs("kiln: warning: \(nonFinite) image values are NaN or infinite (written as black); the model or its inputs are broken\n", stderr)
+        }
         for (item, image) in images.batchItems().enumerated() {
             let path = item == 0 ? out : GenerateCommand.numbered(out, item)
             try FileIO.write(PNG.encode(image: image), to: path)

@@ -81,29 +81,33 @@ struct GenerationArguments: ParsableArguments {
         return options
     }
 
-    /// Loads the model and every input; everything that can fail on bad input fails here, before any work starts.
+    /// Loads the model and every input. Cheap checks come first (configs, input files, memory), then the text encoders
+    /// (released before the transformer loads, so their memory never adds to its), then the weights.
     func prepare<B: Backend>(on backend: B) throws -> PreparedGeneration<B> {
         let options = try generationOptions()
-        let pipeline: TextToImagePipeline<B>
-        let description: String
-        var random: RandomModel?
+        if promptEmbeds != nil && (prompt != nil || promptFile != nil || maxSequenceLength != nil) {
+            throw KilnError.invalidArgument("--prompt-embeds replaces the prompt: drop --prompt, --prompt-file and --max-sequence-length")
+        }
+        let files: ModelFiles?
+        let random: RandomModel?
         if let model {
             guard randomWeights == nil else { throw KilnError.invalidArgument("--model and --random-weights exclude each other") }
-            let files = try ModelFiles(path: model, vaePath: vae)
-            pipeline = try TextToImagePipeline(files: files, backend: backend)
-            description = "\(files.layout.rawValue) FLUX.1-\(files.variant) from \(model)"
+            files = try ModelFiles(path: model, vaePath: vae)
+            random = nil
         } else {
-            let chosen = try randomWeights.map { try RandomModel.full(variant: $0) } ?? .tiny
-            if backend.name == "cpu", chosen.transformerBytes > GenerationArguments.physicalMemory() * 9 / 10 {
-                throw KilnError.invalidArgument("FLUX.1-\(chosen.transformer.variant) needs \(chosen.transformerBytes >> 30) GiB for fp32 weights on the CPU; this machine has \(GenerationArguments.physicalMemory() >> 30) GiB (use --device cuda)")
-            }
-            random = chosen
-            pipeline = try chosen.pipeline(backend: backend)
-            description = randomWeights.map { "FLUX.1-\($0) at full size with RANDOM weights (for timing; the image is not meaningful)" }
-                ?? "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
+            files = nil
+            random = try randomWeights.map { try RandomModel.full(variant: $0) } ?? .tiny
         }
-        let embeddings: PromptEmbeddings
+        let config = files?.transformerConfig ?? random!.transformer
+        let weightBytes = 4 * config.parameterCount
+        if backend.name == "cpu", weightBytes > GenerationArguments.physicalMemory() * 9 / 10 {
+            throw KilnError.invalidArgument("FLUX.1-\(config.variant) needs \(weightBytes >> 30) GiB for fp32 weights on the CPU; this machine has \(GenerationArguments.physicalMemory() >> 30) GiB (use --device cuda)")
+        }
+        let (h, w) = options.latentSize
+        let givenNoise = try latents.map { try Checkpoint(path: $0).tensor("latents", shape: [batch, config.latentChannels, h, w]) }
+
         let textStart = MonotonicClock.now()
+        let embeddings: PromptEmbeddings
         if let promptEmbeds {
             embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
         } else if let random {
@@ -117,19 +121,25 @@ struct GenerationArguments: ParsableArguments {
             }
             let encoder = try PromptEncoder(folder: folder, backend: backend,
                                             cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"))
-            let length = maxSequenceLength ?? (pipeline.transformer.config.guidanceEmbed ? 512 : 256)
-            embeddings = try encoder.embeddings(for: text, maxLength: length, batch: batch)
+            embeddings = try encoder.embeddings(for: text, maxLength: maxSequenceLength ?? (config.guidanceEmbed ? 512 : 256), batch: batch)
         }
         let textSeconds = MonotonicClock.now() - textStart
-        let noise: HostTensor
-        if let latents {
-            let (h, w) = options.latentSize
-            noise = try Checkpoint(path: latents).tensor("latents", shape: [batch, pipeline.transformer.config.latentChannels, h, w])
-        } else {
-            noise = pipeline.initialNoise(options)
+        guard embeddings.sequence.shape[2] == config.jointDim, embeddings.pooled.shape[1] == config.pooledDim else {
+            throw KilnError.invalidArgument("prompt embeddings \(embeddings.sequence.shape) / \(embeddings.pooled.shape) do not fit the model (joint dim \(config.jointDim), pooled dim \(config.pooledDim))")
         }
-        return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: noise, description: description,
-                                  textEncodingSeconds: textSeconds)
+
+        let pipeline: TextToImagePipeline<B>
+        let description: String
+        if let files, let model {
+            pipeline = try TextToImagePipeline(files: files, backend: backend)
+            description = "\(files.layout.rawValue) FLUX.1-\(files.variant) from \(model)"
+        } else {
+            pipeline = try random!.pipeline(backend: backend)
+            description = randomWeights.map { "FLUX.1-\($0) at full size with RANDOM weights (for timing; the image is not meaningful)" }
+                ?? "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
+        }
+        return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: givenNoise ?? pipeline.initialNoise(options),
+                                  description: description, textEncodingSeconds: textSeconds)
     }
 
     /// The prompt from --prompt or --prompt-file, if any.

@@ -8,6 +8,7 @@ final class CLITests: XCTestCase {
     var directory = ""
 
     override func setUp() { directory = Fixtures.temporaryDirectory() }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: directory) }
 
     /// The `kiln` binary built beside this test bundle.
     static let executable: String = {
@@ -257,5 +258,88 @@ extension CLITests {
                                "\(encoder) padded: \(text)")
             }
         }
+    }
+}
+
+extension CLITests {
+    /// NaN in the inputs flows to the image: the run still writes a PNG (black where NaN) and warns, instead of trapping.
+    func testNonFiniteOutputIsWrittenAndReported() throws {
+        let reference = try Checkpoint(path: Fixtures.path("reference/pipeline_dev_96x160.safetensors"))
+        var noise = try reference.tensor("latents")
+        noise.data[17] = .nan
+        let path = directory + "/nan.safetensors"
+        try SafeTensorsWriter.write([.init("latents", noise), .init("prompt_embeds", try reference.tensor("prompt_embeds")),
+                                     .init("pooled_prompt_embeds", try reference.tensor("pooled_prompt_embeds"))], to: path)
+        let result = try kiln(["generate", "--model", Fixtures.path("tiny-flux-dev"), "--latents", path, "--prompt-embeds", path,
+                               "--height", "96", "--width", "160", "--steps", "1", "--out", directory + "/nan.png"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stderr.contains("NaN or infinite"), result.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/nan.png"))
+    }
+
+    /// Scalars where matrices belong, and hostile config numbers, are clean errors.
+    func testHostileFilesAndConfigsAreRejected() throws {
+        let scalar = try editedModel { entries in
+            let i = entries.firstIndex { $0.name == "double_blocks.0.img_attn.norm.query_norm.scale" }!
+            entries[i].tensor = HostTensor(shape: [], data: [1])
+        }
+        try assertRejected(["inspect", scalar], mentioning: "expected 1 positive dimensions")
+
+        func folder(editing part: String, _ file: String, _ edit: (inout String) -> Void) throws -> String {
+            let copy = directory + "/model-\(part)"
+            try? FileManager.default.removeItem(atPath: copy)
+            try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+            for entry in ["model_index.json", "transformer", "vae", "scheduler"] {
+                let source = URL(fileURLWithPath: Fixtures.path("tiny-flux-dev/\(entry)")).resolvingSymlinksInPath().path
+                try FileManager.default.copyItem(atPath: source, toPath: copy + "/" + entry)
+            }
+            let path = "\(copy)/\(part)/\(file)"
+            var text = try String(contentsOfFile: path, encoding: .utf8)
+            edit(&text)
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return copy
+        }
+        let embeds = Fixtures.path("reference/pipeline_dev_96x160.safetensors")
+        let huge = try folder(editing: "scheduler", "scheduler_config.json") {
+            $0 = $0.replacingOccurrences(of: "\"num_train_timesteps\": 1000", with: "\"num_train_timesteps\": 1e300")
+        }
+        try assertRejected(["generate", "--model", huge, "--prompt-embeds", embeds], mentioning: "num_train_timesteps")
+        let equal = try folder(editing: "scheduler", "scheduler_config.json") {
+            $0 = $0.replacingOccurrences(of: "\"max_image_seq_len\": 4096", with: "\"max_image_seq_len\": 256")
+        }
+        try assertRejected(["generate", "--model", equal, "--prompt-embeds", embeds], mentioning: "must exceed")
+        let axes = try folder(editing: "transformer", "config.json") {
+            $0 = $0.replacingOccurrences(of: "\"axes_dims_rope\": [\n    4,\n    14,\n    14\n  ]", with: "\"axes_dims_rope\": [4, 28]")
+        }
+        try assertRejected(["inspect", axes], mentioning: "RoPE needs 3 axes")
+        let latent = try folder(editing: "vae", "config.json") {
+            $0 = $0.replacingOccurrences(of: "\"latent_channels\": 16", with: "\"latent_channels\": 8")
+        }
+        try assertRejected(["inspect", latent], mentioning: "latent channels")
+    }
+
+    /// A cache hit is real: once the embeddings are cached, the text encoders' weights are not needed any more.
+    func testPromptCacheAnswersWithoutTheEncoders() throws {
+        let copy = directory + "/model"
+        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+        for entry in try FileManager.default.contentsOfDirectory(atPath: Fixtures.path("tiny-flux-dev-text")) {
+            let source = URL(fileURLWithPath: Fixtures.path("tiny-flux-dev-text/\(entry)")).resolvingSymlinksInPath().path
+            try FileManager.default.copyItem(atPath: source, toPath: copy + "/" + entry)
+        }
+        let arguments = ["generate", "--model", copy, "--prompt", "a kiln", "--height", "64", "--width", "64", "--steps", "1",
+                         "--save-prompt-embeds", directory + "/e.safetensors", "--out", directory + "/c.png"]
+        XCTAssertEqual(try kiln(arguments).status, 0)
+        let first = try Checkpoint(path: directory + "/e.safetensors").tensor("prompt_embeds")
+        // Garble a T5 shard but keep its size and modification time (the cache key's view of the files): a cache hit
+        // never reads it, a miss would fail.
+        let shard = copy + "/text_encoder_2/model-00001-of-00003.safetensors"
+        let attributes = try FileManager.default.attributesOfItem(atPath: shard)
+        let size = try XCTUnwrap(attributes[.size] as? Int)
+        try Data(repeating: 0x7B, count: size).write(to: URL(fileURLWithPath: shard))
+        try FileManager.default.setAttributes([.modificationDate: attributes[.modificationDate]!], ofItemAtPath: shard)
+        let cached = try kiln(arguments)
+        XCTAssertEqual(cached.status, 0, cached.stderr)
+        XCTAssertEqual(try Checkpoint(path: directory + "/e.safetensors").tensor("prompt_embeds"), first)
+        try assertRejected(arguments + ["--no-prompt-cache"], mentioning: "model-00001-of-00003.safetensors")
     }
 }

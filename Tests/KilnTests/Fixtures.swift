@@ -15,7 +15,7 @@ enum Fixtures {
         try Checkpoint(path: path("reference/\(name).safetensors"))
     }
 
-    /// A scratch directory for one test.
+    /// A scratch directory for one test (removed by the test's tearDown).
     static func temporaryDirectory() -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-tests-\(UUID().uuidString)").path
         try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)

@@ -5,6 +5,7 @@ final class SafeTensorsTests: XCTestCase {
     var directory = ""
 
     override func setUp() { directory = Fixtures.temporaryDirectory() }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: directory) }
 
     func write(_ bytes: [UInt8], _ name: String = "t.safetensors") -> String {
         let path = directory + "/" + name

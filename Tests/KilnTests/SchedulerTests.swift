@@ -18,6 +18,7 @@ final class SchedulerTests: XCTestCase {
             let expectedTimesteps = try XCTUnwrap(entry["timesteps"]?.array).map { Float($0.number!) }
             let what = "\(name) steps \(steps) tokens \(tokens)"
             XCTAssertEqual(scheduler.sigmas.count, expectedSigmas.count, what)
+            XCTAssertEqual(scheduler.timesteps.count, expectedTimesteps.count, what)
             for (a, b) in zip(scheduler.sigmas, expectedSigmas) { XCTAssertEqual(a, b, accuracy: 1e-6 * max(1, abs(b)), what) }
             for (a, b) in zip(scheduler.timesteps, expectedTimesteps) { XCTAssertEqual(a, b, accuracy: 1e-4 * max(1, abs(b)), what) }
             if config.useDynamicShifting {

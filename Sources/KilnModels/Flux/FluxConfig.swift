@@ -60,22 +60,26 @@ public struct FluxConfig: Equatable, Sendable {
     /// Derives the config from the tensor shapes of a BFL-layout checkpoint (which carries no config).
     /// RoPE axes are FLUX's (16, 56, 56) for head size 128 and scaled in proportion for other head sizes.
     public init(bflShapes shape: (String) -> [Int]?, path: String) throws {
-        func need(_ name: String) throws -> [Int] {
+        /// The shape of `name`, which must have `rank` dimensions.
+        func need(_ name: String, rank: Int) throws -> [Int] {
             guard let s = shape(name) else { throw KilnError.missingTensor(name: name, file: path) }
+            guard s.count == rank, s.allSatisfy({ $0 > 0 }) else {
+                throw KilnError.corruptFile(path: path, reason: "tensor '\(name)' has shape \(s), expected \(rank) positive dimensions")
+            }
             return s
         }
-        let imgIn = try need("img_in.weight")
-        guard imgIn.count == 2 else { throw KilnError.corruptFile(path: path, reason: "img_in.weight is not a matrix") }
+        let imgIn = try need("img_in.weight", rank: 2)
         inChannels = imgIn[1]
         let hidden = imgIn[0]
-        headDim = try need("double_blocks.0.img_attn.norm.query_norm.scale")[0]
+        headDim = try need("double_blocks.0.img_attn.norm.query_norm.scale", rank: 1)[0]
         guard headDim > 0, hidden % headDim == 0 else {
             throw KilnError.corruptFile(path: path, reason: "hidden size \(hidden) is not a multiple of head size \(headDim)")
         }
         heads = hidden / headDim
-        jointDim = try need("txt_in.weight")[1]
-        pooledDim = try need("vector_in.in_layer.weight")[1]
-        mlpRatio = try need("double_blocks.0.img_mlp.0.weight")[0] / hidden
+        jointDim = try need("txt_in.weight", rank: 2)[1]
+        pooledDim = try need("vector_in.in_layer.weight", rank: 2)[1]
+        mlpRatio = try need("double_blocks.0.img_mlp.0.weight", rank: 2)[0] / hidden
+        guard mlpRatio >= 1 else { throw KilnError.corruptFile(path: path, reason: "MLP is narrower than the hidden size") }
         guidanceEmbed = shape("guidance_in.in_layer.weight") != nil
         func count(_ prefix: String) -> Int {
             var n = 0
@@ -92,6 +96,9 @@ public struct FluxConfig: Equatable, Sendable {
     }
 
     func validate(path: String) throws {
+        guard axesDim.count == 3 else {
+            throw KilnError.corruptFile(path: path, reason: "RoPE needs 3 axes (index, row, column), got \(axesDim)")
+        }
         guard axesDim.reduce(0, +) == headDim else {
             throw KilnError.corruptFile(path: path, reason: "RoPE axes \(axesDim) do not sum to the head size \(headDim)")
         }

@@ -149,6 +149,8 @@ public struct FluxCheckpointWeights: WeightSource {
         let infos = fileNames(for: name).map { checkpoint.info($0) }
         guard !infos.isEmpty, infos.allSatisfy({ $0 != nil }) else { return nil }
         let shapes = infos.map { $0!.shape }
+        // Scalars cannot be concatenated; report them as they are (the caller sees a wrong shape).
+        guard shapes.allSatisfy({ !$0.isEmpty }) else { return shapes.count == 1 ? shapes[0] : [] }
         guard var shape = shapes.first, shapes.allSatisfy({ $0.dropFirst() == shape.dropFirst() }) else { return nil }
         shape[0] = shapes.reduce(0) { $0 + $1[0] }
         return shape
@@ -168,6 +170,9 @@ public struct FluxCheckpointWeights: WeightSource {
                 throw KilnError.missingTensor(name: name, file: checkpoint.path)
             }
             let parts = try source.parts.map { try checkpoint.tensor($0) }
+            if let scalar = zip(parts, source.parts).first(where: { $0.0.shape.isEmpty }) {
+                throw KilnError.corruptFile(path: checkpoint.path, reason: "tensor '\(scalar.1)' is a scalar")
+            }
             let tail = Array(parts[0].shape.dropFirst())
             for (part, file) in zip(parts, source.parts) where Array(part.shape.dropFirst()) != tail {
                 throw KilnError.wrongShape(name: file, expected: [part.shape[0]] + tail, found: part.shape)

@@ -44,6 +44,7 @@ public struct ModelFiles {
             vaeConfig = try AutoencoderConfig(diffusersConfig: try FileIO.readJSON(vaeConfigPath), path: vaeConfigPath)
             vae = try ModelFiles.openVAE(vaeFolder, config: vaeConfig)
             schedulerConfig = try FileIO.readJSON(FileIO.join(FileIO.join(path, "scheduler"), "scheduler_config.json"))
+            try ModelFiles.checkCompatible(transformerConfig, vaeConfig, vaePath: vaeFolder)
         } else {
             layout = .bflSingleFile
             let checkpoint = try Checkpoint(path: path)
@@ -57,6 +58,17 @@ public struct ModelFiles {
             vaeConfig = try AutoencoderConfig(bflShapes: { aeCheckpoint.info($0)?.shape }, path: aePath)
             vae = try ModelFiles.openVAE(aePath, config: vaeConfig, checkpoint: aeCheckpoint)
             schedulerConfig = nil
+            try ModelFiles.checkCompatible(transformerConfig, vaeConfig, vaePath: aePath)
+        }
+    }
+
+    /// The transformer and the VAE must agree: the same latent channels and FLUX's 8x spatial factor.
+    static func checkCompatible(_ transformer: FluxConfig, _ vae: AutoencoderConfig, vaePath: String) throws {
+        guard vae.latentChannels == transformer.latentChannels else {
+            throw KilnError.corruptFile(path: vaePath, reason: "the VAE has \(vae.latentChannels) latent channels, the transformer \(transformer.latentChannels)")
+        }
+        guard vae.downsampling == 8 else {
+            throw KilnError.corruptFile(path: vaePath, reason: "the VAE scales by \(vae.downsampling), FLUX needs 8 (4 blocks)")
         }
     }
 

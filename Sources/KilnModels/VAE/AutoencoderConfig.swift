@@ -41,7 +41,12 @@ public struct AutoencoderConfig: Equatable, Sendable {
     /// shapes; 32 groups and FLUX's scaling and shift are constants of that format.
     public init(bflShapes shape: (String) -> [Int]?, path: String) throws {
         var channels: [Int] = []
-        while let s = shape("encoder.down.\(channels.count).block.0.conv1.weight") { channels.append(s[0]) }
+        while let s = shape("encoder.down.\(channels.count).block.0.conv1.weight") {
+            guard s.count == 4, s[0] > 0 else {
+                throw KilnError.corruptFile(path: path, reason: "encoder.down.\(channels.count).block.0.conv1.weight has shape \(s), expected a 4-D kernel")
+            }
+            channels.append(s[0])
+        }
         guard !channels.isEmpty else { throw KilnError.missingTensor(name: "encoder.down.0.block.0.conv1.weight", file: path) }
         blockChannels = channels
         var layers = 0
@@ -55,6 +60,10 @@ public struct AutoencoderConfig: Equatable, Sendable {
     }
 
     func validate(path: String) throws {
+        guard !blockChannels.isEmpty else { throw KilnError.corruptFile(path: path, reason: "no block channels") }
+        guard scalingFactor.isFinite, scalingFactor != 0, shiftFactor.isFinite else {
+            throw KilnError.corruptFile(path: path, reason: "scaling factor \(scalingFactor) / shift \(shiftFactor) are not usable")
+        }
         for c in blockChannels where c % groups != 0 {
             throw KilnError.corruptFile(path: path, reason: "block channels \(blockChannels) are not multiples of \(groups) groups")
         }
