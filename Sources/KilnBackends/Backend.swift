@@ -74,7 +74,7 @@ public protocol Backend: AnyObject {
     // MARK: linear algebra
     /// `x · wᵀ + bias` over the last dimension of `x` (`[..., in]` → `[..., out]`), then `activation`.
     func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, activation: Activation) -> Tensor
-    /// Multi-head attention, non-causal, softmax scale 1/√D. `q`, `k`, `v` are `[B, L, H·D]`; the result too.
+    /// Multi-head attention, non-causal, softmax scale `scale` (nil: 1/√D). `q`, `k`, `v` are `[B, L, H·D]`; the result too.
     /// `keyMask`, when given, is `[B, L]` with 1 for keys to attend to and 0 for keys to ignore.
     func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float?, keyMask: Tensor?) -> Tensor
 
@@ -96,6 +96,14 @@ public protocol Backend: AnyObject {
     /// Nearest-neighbour 2x upsampling of NHWC.
     func upsampleNearest2x(_ x: Tensor) -> Tensor
 
+    // MARK: graphs
+    /// Records the device work `body` enqueues as a graph, without running it, or returns nil where the backend has no
+    /// graphs (the caller then runs `body` itself). Tensors `body` reads keep their storage while the graph lives; new
+    /// values go into them with `overwrite`. `body` must not move data to or from the host.
+    func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph?
+    /// Writes host values into an existing tensor of the same shape, in place (the inputs of a captured graph).
+    func overwrite(_ tensor: Tensor, with host: HostTensor) throws
+
     // MARK: fused (defaults below compose simple ops)
     /// `layerNorm(x) * (1 + scale) + shift` (no affine weights, as adaLN uses).
     func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor
@@ -104,6 +112,12 @@ public protocol Backend: AnyObject {
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
     func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
                     rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor)
+}
+
+/// Device work recorded once and replayed with one launch (a CUDA graph).
+public protocol DeviceGraph: AnyObject {
+    /// Enqueues the recorded work again, on the same buffers.
+    func replay() throws
 }
 
 /// How a weight will be used, so a backend can choose its storage.
@@ -128,6 +142,12 @@ public struct Padding: Equatable, Sendable {
 
 extension Backend {
     public func synchronize() throws {}
+
+    public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? { nil }
+
+    public func overwrite(_ tensor: Tensor, with host: HostTensor) throws {
+        throw KilnError.unsupported("the \(name) backend writes no tensor in place")
+    }
 
     public func randomNormal(shape: [Int], seed: UInt64, mean: Float, std: Float, role: WeightRole) -> Tensor {
         var noise = NoiseGenerator(seed: seed)

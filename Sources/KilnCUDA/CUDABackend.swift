@@ -46,10 +46,15 @@ public final class DevicePool: @unchecked Sendable {
     public func allocate(_ bytes: Int) throws -> DeviceStorage {
         let size = DevicePool.sizeClass(bytes)
         let pointer: CUdeviceptr
-        if var list = free[size], let p = list.popLast() {
+        if capturing, var list = captureFree[size], let p = list.popLast() {
+            captureFree[size] = list
+            pointer = p
+        } else if var list = free[size], let p = list.popLast() {
             free[size] = list
             pointer = p
         } else {
+            // Stream capture cannot allocate: a graph is captured only after an eager run sized the pool.
+            guard !capturing else { throw KilnError.unsupported("device memory allocation during graph capture (\(size) bytes)") }
             let buffer = try DeviceBuffer(bytes: size)
             owned.append(buffer)
             driverAllocations += 1
@@ -60,7 +65,32 @@ public final class DevicePool: @unchecked Sendable {
         return DeviceStorage(pointer: pointer, bytes: size, pool: self)
     }
 
-    func release(_ pointer: CUdeviceptr, _ bytes: Int) { free[bytes, default: []].append(pointer) }
+    func release(_ pointer: CUdeviceptr, _ bytes: Int) {
+        if capturing { captureFree[bytes, default: []].append(pointer) } else { free[bytes, default: []].append(pointer) }
+    }
+
+    // MARK: graph capture
+    // Blocks freed while a graph is captured hold its intermediates: they are reused within the capture, then kept
+    // for the graph (which rewrites them on every replay) until it is destroyed.
+    private var capturing = false
+    private var captureFree: [Int: [CUdeviceptr]] = [:]
+
+    func beginCapture() {
+        capturing = true
+        captureFree = [:]
+    }
+
+    /// Ends a capture; returns the blocks the graph keeps.
+    func endCapture() -> [Int: [CUdeviceptr]] {
+        capturing = false
+        defer { captureFree = [:] }
+        return captureFree
+    }
+
+    /// Returns a destroyed graph's blocks.
+    func returnBlocks(_ blocks: [Int: [CUdeviceptr]]) {
+        for (size, pointers) in blocks { free[size, default: []] += pointers }
+    }
 }
 
 /// A tensor on the GPU: row-major, contiguous, BF16 for activations (FP8 with per-row fp32 scales for quantized

@@ -24,6 +24,22 @@ public final class TextToImagePipeline<B: Backend> {
     public var faults: Faults = [] {
         didSet { transformer.faults = faults }
     }
+    /// Replay repeated denoising loops as one captured graph where the backend has graphs.
+    public var useGraphs = true
+    /// Loops run so far, by shape: the second run of a shape captures its graph, later runs replay it.
+    var loops: [LoopKey: CapturedLoop] = [:]
+
+    struct LoopKey: Hashable {
+        var batch, rows, columns, textTokens, steps, faults: Int
+    }
+
+    /// A captured loop's input tensors (in `denoise`'s input order), rotary tables, output and graph.
+    struct CapturedLoop {
+        var inputs: [B.Tensor]
+        var rope: FluxRotary<B.Tensor>?
+        var output: B.Tensor
+        var graph: DeviceGraph?
+    }
 
     /// Builds the pipeline from loaded parts.
     public init(backend: B, transformer: FluxTransformer<B>, decoder: VAEDecoder<B>, vaeConfig: AutoencoderConfig,
@@ -88,25 +104,60 @@ public final class TextToImagePipeline<B: Backend> {
         guard steps >= 1 else { throw KilnError.invalidArgument("steps must be at least 1, got \(steps)") }
         let scheduler = FlowMatchEulerScheduler(config: schedulerConfig, steps: steps, imageTokens: rows * columns,
                                                 dynamicShift: !faults.contains(.noDynamicShift))
-        // Everything that depends only on the schedule, the guidance and the prompt is computed before the loop:
-        // conditioning vectors and all blocks' modulations for every step in one batch, text states, rotary tables.
+        // The loop's inputs, prepared on the host: packed noise, T5 states, and per step (all steps in one batch) the
+        // pooled text and the sinusoidal embeddings of timestep and guidance (kept in fp32 until the backend).
         let times = scheduler.timesteps.flatMap { [Float](repeating: $0 / 1000, count: batch) }
-        let guidance: [Float]? = config.guidanceEmbed ? [Float](repeating: options.guidance, count: steps * batch) : nil
-        let pooledPerStep = prompt.pooled.repeated(steps)
-        let vec = transformer.conditioning(timestep: times, guidance: guidance, pooled: backend.tensor(pooledPerStep), backend)
-        let allModulations = transformer.modulations(vec, backend)
-        let modulations = (0..<steps).map { allModulations.rows(($0 * batch)..<(($0 + 1) * batch), backend) }
-        let text = transformer.embedText(backend.tensor(prompt.sequence), backend)
-        let rope = transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, backend)
+        let inputs = [
+            LatentPacking.pack(latents), prompt.sequence, prompt.pooled.repeated(steps), FluxEmbeddings.timestep(times),
+            config.guidanceEmbed ? FluxEmbeddings.timestep([Float](repeating: options.guidance, count: steps * batch)) : nil,
+        ]
+        let key = LoopKey(batch: batch, rows: rows, columns: columns, textTokens: prompt.sequence.shape[1], steps: steps, faults: faults.rawValue)
 
-        var x = backend.tensor(LatentPacking.pack(latents))
-        progress?(0, steps)
-        for step in 0..<steps {
-            let velocity = transformer.step(latents: x, text: text, modulations: modulations[step], rope: rope, backend)
-            x = backend.addScaled(x, velocity, alpha: scheduler.stepSize(step))
-            progress?(step + 1, steps)
+        // A loop seen before with these shapes replays as one graph: new values go into its input buffers.
+        if let loop = loops[key], let graph = loop.graph {
+            for (tensor, host) in zip(loop.inputs, inputs.compactMap { $0 }) { try backend.overwrite(tensor, with: host) }
+            try graph.replay()
+            progress?(steps, steps)
+            return LatentPacking.unpack(backend.host(loop.output), height: h, width: w)
         }
-        return LatentPacking.unpack(backend.host(x), height: h, width: w)
+        let tensors = inputs.map { $0.map(backend.tensor) }
+        let rope = transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, backend)
+        func run(progress: ((Int, Int) -> Void)?) -> B.Tensor {
+            denoisingLoop(latents: tensors[0]!, text: tensors[1]!, pooled: tensors[2]!, timeEmbedding: tensors[3]!,
+                          guidanceEmbedding: tensors[4], rope: rope, scheduler: scheduler, batch: batch, progress: progress)
+        }
+        // The first run of a shape is eager (it tunes kernels and sizes the memory pool); the second is captured.
+        if loops[key] != nil && useGraphs {
+            var output: B.Tensor?
+            if let graph = try backend.capture({ output = run(progress: nil) }) {
+                loops[key] = CapturedLoop(inputs: tensors.compactMap { $0 }, rope: rope, output: output!, graph: graph)
+                try graph.replay()
+                progress?(steps, steps)
+                return LatentPacking.unpack(backend.host(output!), height: h, width: w)
+            }
+        }
+        let output = run(progress: progress)
+        loops[key] = CapturedLoop(inputs: [], rope: nil, output: output, graph: nil)
+        return LatentPacking.unpack(backend.host(output), height: h, width: w)
+    }
+
+    /// The denoising loop as device work only (no host transfers), so it can be captured as one graph: conditioning and
+    /// every block's modulation for all steps in one batch, text states, then the steps.
+    func denoisingLoop(latents: B.Tensor, text: B.Tensor, pooled: B.Tensor, timeEmbedding: B.Tensor, guidanceEmbedding: B.Tensor?,
+                       rope: FluxRotary<B.Tensor>?, scheduler: FlowMatchEulerScheduler, batch: Int,
+                       progress: ((Int, Int) -> Void)?) -> B.Tensor {
+        let vec = transformer.conditioning(timeEmbedding: timeEmbedding, guidanceEmbedding: guidanceEmbedding, pooled: pooled, backend)
+        let allModulations = transformer.modulations(vec, backend)
+        let modulations = (0..<scheduler.steps).map { allModulations.rows(($0 * batch)..<(($0 + 1) * batch), backend) }
+        let textStates = transformer.embedText(text, backend)
+        var x = latents
+        progress?(0, scheduler.steps)
+        for step in 0..<scheduler.steps {
+            let velocity = transformer.step(latents: x, text: textStates, modulations: modulations[step], rope: rope, backend)
+            x = backend.addScaled(x, velocity, alpha: scheduler.stepSize(step))
+            progress?(step + 1, scheduler.steps)
+        }
+        return x
     }
 
     /// Decodes final latents `[B, 16, h, w]` to images `[B, 3, 8h, 8w]` in [0, 1].

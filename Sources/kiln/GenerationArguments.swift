@@ -13,7 +13,7 @@ struct GenerationArguments: ParsableArguments {
     @Option(help: "A diffusers FLUX folder, or a BFL single-file transformer (.safetensors) with ae.safetensors beside it.")
     var model: String?
 
-    @Option(help: "The BFL autoencoder file, when it is not ae.safetensors beside the transformer.")
+    @Option(help: "The VAE: a BFL ae.safetensors file (default: beside a BFL transformer) or a diffusers vae/ folder (default: the model's).")
     var vae: String?
 
     @Option(help: "Run FLUX.1 at full size with seeded random weights instead of files: dev or schnell (for timing).")

@@ -36,11 +36,17 @@ public struct FluxTransformer<B: Backend> {
     /// The conditioning vector `[B, hidden]` from timesteps (t/1000 values, one per batch item), guidance
     /// (dev only) and pooled text `[B, pooledDim]`.
     public func conditioning(timestep: [Float], guidance: [Float]?, pooled: B.Tensor, _ backend: B) -> B.Tensor {
-        var vec = timeIn(backend.tensor(FluxEmbeddings.timestep(timestep)), backend)
-        if let guidanceIn {
-            let values = guidance ?? [Float](repeating: 0, count: timestep.count)
-            vec = backend.add(vec, guidanceIn(backend.tensor(FluxEmbeddings.timestep(values)), backend))
-        }
+        let guidanceEmbedding = guidanceIn == nil ? nil
+            : backend.tensor(FluxEmbeddings.timestep(guidance ?? [Float](repeating: 0, count: timestep.count)))
+        return conditioning(timeEmbedding: backend.tensor(FluxEmbeddings.timestep(timestep)), guidanceEmbedding: guidanceEmbedding,
+                            pooled: pooled, backend)
+    }
+
+    /// The conditioning vector from sinusoidal embeddings already on the backend (`FluxEmbeddings.timestep` of the
+    /// timesteps and, for dev, of the guidance scales, `[B, 256]`): device work only.
+    public func conditioning(timeEmbedding: B.Tensor, guidanceEmbedding: B.Tensor?, pooled: B.Tensor, _ backend: B) -> B.Tensor {
+        var vec = timeIn(timeEmbedding, backend)
+        if let guidanceIn, let guidanceEmbedding { vec = backend.add(vec, guidanceIn(guidanceEmbedding, backend)) }
         return backend.add(vec, vectorIn(pooled, backend))
     }
 

@@ -1,0 +1,46 @@
+import CKilnCUDA
+import KilnBackends
+import KilnCore
+
+/// A captured CUDA graph with the pool blocks that hold its intermediates; they return to the pool with it.
+final class CapturedGraph: DeviceGraph {
+    let graph: CUDAGraph
+    let stream: CUDAStream
+    let pool: DevicePool
+    let blocks: [Int: [CUdeviceptr]]
+
+    init(graph: CUDAGraph, stream: CUDAStream, pool: DevicePool, blocks: [Int: [CUdeviceptr]]) {
+        (self.graph, self.stream, self.pool, self.blocks) = (graph, stream, pool, blocks)
+    }
+
+    func replay() throws { try graph.launch(on: stream) }
+
+    deinit { pool.returnBlocks(blocks) }
+}
+
+extension CUDABackend {
+    /// Captures `body` on the backend's stream. Every allocation inside must be served by blocks the pool already
+    /// holds (run the same work eagerly once before), and nothing inside may synchronize.
+    public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? {
+        pool.beginCapture()
+        let graph: CUDAGraph
+        do {
+            graph = try CUDAGraph(capturing: stream, body)
+        } catch {
+            pool.returnBlocks(pool.endCapture())
+            throw error
+        }
+        return CapturedGraph(graph: graph, stream: stream, pool: pool, blocks: pool.endCapture())
+    }
+
+    /// Uploads `host` into `tensor`'s storage (BF16), stream-ordered before later work.
+    public func overwrite(_ tensor: CUDATensor, with host: HostTensor) throws {
+        guard tensor.shape == host.shape, tensor.type == .bf16 else {
+            throw KilnError.invalidArgument("overwrite: \(host.shape) into a \(tensor.type) tensor of \(tensor.shape)")
+        }
+        var bits = host.data.map { NumberFormats.floatToBF16($0) }
+        try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: tensor.pointer, bytes: $0.count, stream: stream) }
+        // The source is pageable host memory that dies here.
+        try stream.synchronize()
+    }
+}
