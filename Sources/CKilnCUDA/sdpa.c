@@ -25,7 +25,16 @@ enum {
     DNN_HEUR_MODE_FALLBACK = 2, DNN_HEUR_MODE_A = 3,
 };
 
-enum { UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SCALE = 5 };
+enum { UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SCALE = 5, UID_X = 11, UID_W = 12, UID_Y = 13 };
+enum {
+    DNN_CONVOLUTION = 1, DNN_OPERATION_CONVOLUTION_FORWARD = 10, DNN_TYPE_FLOAT = 4, DNN_TYPE_CONVOLUTION_MODE = 7,
+    DNN_CROSS_CORRELATION = 1,
+    DNN_ATTR_CONVOLUTION_COMP_TYPE = 100, DNN_ATTR_CONVOLUTION_CONV_MODE = 101, DNN_ATTR_CONVOLUTION_DILATIONS = 102,
+    DNN_ATTR_CONVOLUTION_FILTER_STRIDES = 103, DNN_ATTR_CONVOLUTION_POST_PADDINGS = 104,
+    DNN_ATTR_CONVOLUTION_PRE_PADDINGS = 105, DNN_ATTR_CONVOLUTION_SPATIAL_DIMS = 106,
+    DNN_ATTR_CONV_FWD_ALPHA = 700, DNN_ATTR_CONV_FWD_BETA = 701, DNN_ATTR_CONV_FWD_CONV_DESC = 702,
+    DNN_ATTR_CONV_FWD_W = 703, DNN_ATTR_CONV_FWD_X = 704, DNN_ATTR_CONV_FWD_Y = 705,
+};
 #define KC_SDPA_MAX_CONFIGS 16
 #define KC_SDPA_KEEP 32
 
@@ -34,6 +43,10 @@ struct kc_sdpa_plan {
     cudnnBackendDescriptor_t keep[KC_SDPA_KEEP];
     int kept;
 };
+
+static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t graph, int config, kc_sdpa_plan *p,
+                         kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
+                         char *message, size_t messageSize);
 
 static void keep(kc_sdpa_plan *p, cudnnBackendDescriptor_t d) {
     if (d && p->kept < KC_SDPA_KEEP) p->keep[p->kept++] = d;
@@ -56,13 +69,12 @@ static int fail(int status, const char *step, char *message, size_t size) {
 
 #define TRY(call, step) do { int s_ = (call); if (s_) { fail(s_, step, message, messageSize); kc_sdpa_destroy(p); return s_; } } while (0)
 
-static int make_tensor(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t uid, int type, const int64_t *dims,
-                       const int64_t *strides, int byValue, char *message, size_t messageSize) {
+static int make_tensor_aligned(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t uid, int type, const int64_t *dims,
+                               const int64_t *strides, int byValue, int64_t alignment, char *message, size_t messageSize) {
     cudnnBackendDescriptor_t t = NULL;
     int s = kc_dnn.cudnnBackendCreateDescriptor(DNN_TENSOR, &t);
     if (s) return fail(s, "create tensor", message, messageSize);
     keep(p, t);
-    int64_t alignment = 16;
     _Bool virt = 0;
     if ((s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_DATA_TYPE, DNN_TYPE_DATA_TYPE, 1, &type))
         || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_DIMENSIONS, DNN_TYPE_INT64, 4, dims))
@@ -79,6 +91,11 @@ static int make_tensor(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t u
     if ((s = kc_dnn.cudnnBackendFinalize(t))) return fail(s, "finalize tensor", message, messageSize);
     *out = t;
     return 0;
+}
+
+static int make_tensor(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t uid, int type, const int64_t *dims,
+                       const int64_t *strides, int byValue, char *message, size_t messageSize) {
+    return make_tensor_aligned(p, out, uid, type, dims, strides, byValue, 16, message, messageSize);
 }
 
 int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64_t sk, int64_t d, int config,
@@ -116,6 +133,14 @@ int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64
     TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_HANDLE, DNN_TYPE_HANDLE, 1, &handle), "graph handle");
     TRY(kc_dnn.cudnnBackendFinalize(graph), "finalize operation graph");
 
+    return kc_dnn_finish(handle, graph, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
+}
+
+/// Engine heuristics (mode A, then FALLBACK) for a finalized graph; the `config`-th executable plan goes into `p`.
+static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t graph, int config, kc_sdpa_plan *p,
+                         kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
+                         char *message, size_t messageSize) {
+    int s;
     int modes[2] = {DNN_HEUR_MODE_A, DNN_HEUR_MODE_FALLBACK};
     int executable = 0;
     snprintf(message, messageSize, "no engine config");
@@ -185,4 +210,74 @@ int kc_sdpa_execute(cudnnHandle_t handle, const kc_sdpa_plan *p, CUdeviceptr q, 
     s = kc_dnn.cudnnBackendExecute(handle, p->plan, pack);
     kc_dnn.cudnnBackendDestroyDescriptor(pack);
     return s ? fail(s, "cudnnBackendExecute(SDPA)", message, messageSize) : 0;
+}
+
+int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int64_t sz,
+                   int64_t stride, int64_t padTop, int64_t padLeft, int64_t padBottom, int64_t padRight,
+                   int64_t outH, int64_t outW, int config, kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount,
+                   char *info, size_t infoSize, char *message, size_t messageSize) {
+    *out = NULL;
+    if (!kc_loaded(KC_LIB_CUDNN)) { snprintf(message, messageSize, "cuDNN not loaded"); return -1; }
+    kc_sdpa_plan *p = calloc(1, sizeof *p);
+    // NCHW dimensions over NHWC memory; the filter [K, C, R, S] over KRSC memory (Kiln's [O, kh, kw, I]).
+    int64_t xd[4] = {n, c, h, w}, xs[4] = {h * w * c, 1, w * c, c};
+    int64_t wd[4] = {k, c, r, sz}, ws[4] = {r * sz * c, 1, sz * c, c};
+    int64_t yd[4] = {n, k, outH, outW}, ys[4] = {outH * outW * k, 1, outW * k, k};
+    int64_t inAlign = c % 8 == 0 ? 16 : 2, outAlign = k % 8 == 0 ? 16 : 2;
+    cudnnBackendDescriptor_t x, f, y, conv = NULL, op = NULL, graph = NULL;
+    int s;
+    if ((s = make_tensor_aligned(p, &x, UID_X, DNN_DATA_BFLOAT16, xd, xs, 0, inAlign, message, messageSize))
+        || (s = make_tensor_aligned(p, &f, UID_W, DNN_DATA_BFLOAT16, wd, ws, 0, inAlign, message, messageSize))
+        || (s = make_tensor_aligned(p, &y, UID_Y, DNN_DATA_BFLOAT16, yd, ys, 0, outAlign, message, messageSize))) {
+        kc_sdpa_destroy(p);
+        return s;
+    }
+    int64_t dims = 2, dil[2] = {1, 1}, str[2] = {stride, stride}, pre[2] = {padTop, padLeft}, post[2] = {padBottom, padRight};
+    int comp = DNN_DATA_FLOAT, mode = DNN_CROSS_CORRELATION;
+    TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_CONVOLUTION, &conv), "create convolution");
+    keep(p, conv);
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_COMP_TYPE, DNN_TYPE_DATA_TYPE, 1, &comp), "conv compute type");
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_CONV_MODE, DNN_TYPE_CONVOLUTION_MODE, 1, &mode), "conv mode");
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_SPATIAL_DIMS, DNN_TYPE_INT64, 1, &dims), "conv dims");
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_DILATIONS, DNN_TYPE_INT64, 2, dil), "conv dilations");
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_FILTER_STRIDES, DNN_TYPE_INT64, 2, str), "conv strides");
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_PRE_PADDINGS, DNN_TYPE_INT64, 2, pre), "conv pre-paddings");
+    TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_POST_PADDINGS, DNN_TYPE_INT64, 2, post), "conv post-paddings");
+    TRY(kc_dnn.cudnnBackendFinalize(conv), "finalize convolution");
+    float alpha = 1.f, beta = 0.f;
+    TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATION_CONVOLUTION_FORWARD, &op), "create convolution forward");
+    keep(p, op);
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_X, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &x), "conv X");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_W, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &f), "conv W");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_Y, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &y), "conv Y");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_CONV_DESC, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv), "conv desc");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_ALPHA, DNN_TYPE_FLOAT, 1, &alpha), "conv alpha");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_BETA, DNN_TYPE_FLOAT, 1, &beta), "conv beta");
+    TRY(kc_dnn.cudnnBackendFinalize(op), "finalize convolution forward");
+    TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATIONGRAPH, &graph), "create operation graph");
+    keep(p, graph);
+    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_OPS, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &op), "graph ops");
+    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_HANDLE, DNN_TYPE_HANDLE, 1, &handle), "graph handle");
+    TRY(kc_dnn.cudnnBackendFinalize(graph), "finalize operation graph");
+    return kc_dnn_finish(handle, graph, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
+}
+
+int kc_conv_execute(cudnnHandle_t handle, const kc_sdpa_plan *p, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,
+                    CUdeviceptr workspace, char *message, size_t messageSize) {
+    cudnnBackendDescriptor_t pack = NULL;
+    int s = kc_dnn.cudnnBackendCreateDescriptor(DNN_VARIANT_PACK, &pack);
+    if (s) return fail(s, "create variant pack", message, messageSize);
+    int64_t uids[3] = {UID_X, UID_W, UID_Y};
+    void *pointers[3] = {(void *)(uintptr_t)x, (void *)(uintptr_t)w, (void *)(uintptr_t)y};
+    void *ws = (void *)(uintptr_t)workspace;
+    if ((s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_UNIQUE_IDS, DNN_TYPE_INT64, 3, uids))
+        || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_DATA_POINTERS, DNN_TYPE_VOID_PTR, 3, pointers))
+        || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_WORKSPACE, DNN_TYPE_VOID_PTR, 1, &ws))
+        || (s = kc_dnn.cudnnBackendFinalize(pack))) {
+        kc_dnn.cudnnBackendDestroyDescriptor(pack);
+        return fail(s, "variant pack", message, messageSize);
+    }
+    s = kc_dnn.cudnnBackendExecute(handle, p->plan, pack);
+    kc_dnn.cudnnBackendDestroyDescriptor(pack);
+    return s ? fail(s, "cudnnBackendExecute(convolution)", message, messageSize) : 0;
 }

@@ -128,7 +128,11 @@ public final class CUDABackend: Backend {
     public var attentionKernel: AttentionKernel = AttentionKernel(rawValue: FileIO.environment("KILN_ATTENTION") ?? "auto") ?? .auto
     /// The implementation the last `attention` call used.
     public private(set) var lastAttentionPath = ""
-    private var cudnnState: (attention: CuDNNAttention?, error: String?)?
+    private var cudnnState: (library: CuDNN?, error: String?)?
+    /// How convolutions run: cuDNN when it has an engine (`KILN_CONV=cudnn|gemm|auto`), else im2col + cuBLASLt.
+    public enum ConvolutionKernel: String, Sendable { case auto, cudnn, gemm }
+    public var convolutionKernel: ConvolutionKernel = ConvolutionKernel(rawValue: FileIO.environment("KILN_CONV") ?? "auto") ?? .auto
+    public private(set) var lastConvolutionPath = ""
     private var modules: [String: KernelModule] = [:]
     private var plans: [GemmKey: GemmPlan] = [:]
     /// Seconds spent compiling or loading kernels, per family.
@@ -529,14 +533,14 @@ public final class CUDABackend: Backend {
     }
 
     /// cuDNN's attention, loaded on first use; nil (reason in `cudnnError`) when cuDNN is absent.
-    public func cudnn() -> CuDNNAttention? {
-        if let state = cudnnState { return state.attention }
+    public func cudnn() -> CuDNN? {
+        if let state = cudnnState { return state.library }
         do {
-            cudnnState = (try CuDNNAttention(stream: stream), nil)
+            cudnnState = (try CuDNN(stream: stream), nil)
         } catch {
             cudnnState = (nil, "\(error)")
         }
-        return cudnnState!.attention
+        return cudnnState!.library
     }
 
     public var cudnnError: String? { cudnnState?.error }
@@ -629,6 +633,27 @@ public final class CUDABackend: Backend {
             precondition(weight.shape[3] == inC, "conv2d: input \(x.shape) vs weight \(weight.shape)")
             let outH = (height + padding.top + padding.bottom - kh) / stride + 1
             let outW = (width + padding.left + padding.right - kw) / stride + 1
+            if convolutionKernel != .gemm, let dnn = cudnn(),
+               let plan = dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
+                                              stride: stride, padding: (padding.top, padding.left, padding.bottom, padding.right),
+                                              outHeight: outH, outWidth: outW) {
+                let y = try empty([batch, outH, outW, outC])
+                let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
+                try dnn.runConvolution(plan, x: x.pointer, w: weight.pointer, y: y.pointer, workspace: workspace?.pointer ?? 0)
+                withExtendedLifetime(workspace) {}
+                lastConvolutionPath = "cudnn"
+                guard let bias else { return y }
+                requireBF16(bias, op: "conv2d bias")
+                let out = try empty(y.shape)
+                try launchKernel("elementwise", "bias_add_bf16", grid: elementwiseGrid(y.count), block: (256, 1, 1)) {
+                    $0.add(out.pointer); $0.add(y.pointer); $0.add(bias.pointer); $0.add(Int32(outC)); $0.add(UInt64(y.count))
+                }
+                return out
+            }
+            if convolutionKernel == .cudnn {
+                throw KilnError.unsupported("cuDNN has no convolution engine for \(x.shape) * \(weight.shape): \(cudnn()?.convolutionFailures.last ?? cudnnError ?? "?")")
+            }
+            lastConvolutionPath = "gemm"
             let k = kh * kw * inC
             var columns = x
             if !(kh == 1 && kw == 1 && stride == 1 && padding == .uniform(0)) {

@@ -4,9 +4,9 @@ import KilnCore
 import Glibc
 #endif
 
-/// cuDNN's fused flash attention (the unified SDPA_FWD graph operation), BF16, over the op interface's
-/// `[B, L, H·D]` layout; one execution plan per shape, built on first use.
-public final class CuDNNAttention: @unchecked Sendable {
+/// cuDNN through its backend (graph) API: fused flash attention (the unified SDPA_FWD operation) over the op
+/// interface's `[B, L, H·D]` layout, and NHWC convolutions; one execution plan per shape, built on first use.
+public final class CuDNN: @unchecked Sendable {
     public let handle: cudnnHandle_t
     public let version: Int
     public let path: String
@@ -33,11 +33,11 @@ public final class CuDNNAttention: @unchecked Sendable {
         version = Int(kc_dnn.cudnnGetVersion!())
         var h: cudnnHandle_t?
         let status = kc_dnn.cudnnCreate!(&h)
-        guard status == 0, let h else { throw CuDNNAttention.error(status, "cudnnCreate") }
+        guard status == 0, let h else { throw CuDNN.error(status, "cudnnCreate") }
         handle = h
         self.stream = stream
         let s = kc_dnn.cudnnSetStream!(handle, stream.handle)
-        guard s == 0 else { throw CuDNNAttention.error(s, "cudnnSetStream") }
+        guard s == 0 else { throw CuDNN.error(s, "cudnnSetStream") }
     }
 
     deinit { _ = kc_dnn.cudnnDestroy?(handle) }
@@ -69,6 +69,44 @@ public final class CuDNNAttention: @unchecked Sendable {
         let p = Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info))
         plans[shape] = p
         return p
+    }
+
+    struct ConvShape: Hashable { var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int }
+    private var convPlans: [ConvShape: Plan] = [:]
+    private var convFailures: [ConvShape: String] = [:]
+
+    /// The plan for an NHWC convolution, or nil (reason in `convolutionFailure`) when cuDNN has no engine for it.
+    public func convolutionPlan(batch: Int, channels: Int, height: Int, width: Int, outChannels: Int, kh: Int, kw: Int,
+                                stride: Int, padding: (top: Int, left: Int, bottom: Int, right: Int),
+                                outHeight: Int, outWidth: Int) -> Plan? {
+        let shape = ConvShape(n: batch, c: channels, h: height, w: width, k: outChannels, r: kh, s: kw, stride: stride,
+                              top: padding.top, left: padding.left, bottom: padding.bottom, right: padding.right)
+        if let p = convPlans[shape] { return p }
+        if convFailures[shape] != nil { return nil }
+        var raw: OpaquePointer?
+        var workspace: Int64 = 0
+        var count: Int32 = 0
+        var info = [CChar](repeating: 0, count: 2048)
+        var message = [CChar](repeating: 0, count: 1024)
+        let status = kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
+                                    Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
+                                    Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth), 0, &raw,
+                                    &workspace, &count, &info, info.count, &message, message.count)
+        guard status == 0, let raw else {
+            convFailures[shape] = String(cString: message)
+            return nil
+        }
+        let p = Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info))
+        convPlans[shape] = p
+        return p
+    }
+
+    public var convolutionFailures: [String] { convFailures.values.sorted() }
+
+    public func runConvolution(_ plan: Plan, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr, workspace: CUdeviceptr) throws {
+        var message = [CChar](repeating: 0, count: 1024)
+        let status = kc_conv_execute(handle, plan.raw, x, w, y, workspace, &message, message.count)
+        guard status == 0 else { throw CUDAError(call: "cuDNN convolution", status: status, text: String(cString: message)) }
     }
 
     public func failure(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> String? {

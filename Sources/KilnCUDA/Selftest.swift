@@ -38,12 +38,19 @@ public final class GPUSelftest {
         public var tflops: Double { 4 * Double(batch * heads) * Double(length) * Double(length) * Double(dim) / (milliseconds * 1e-3) / 1e12 }
     }
 
+    public struct ConvBench {
+        public var kernel: String
+        public var size, channels: Int
+        public var milliseconds, tflops: Double
+    }
+
     public let gpu: CUDABackend
     let cpu = CPUBackend()
     var rng: SplitMix
     public private(set) var rows: [Row] = []
     public private(set) var gemms: [GemmBench] = []
     public private(set) var attentions: [AttentionBench] = []
+    public private(set) var convolutions: [ConvBench] = []
     public var quick = false
 
     public init(seed: UInt64? = nil) throws {
@@ -380,13 +387,32 @@ public final class GPUSelftest {
             ([1, 64, 64, 256], 128, 1, 1, .uniform(0), true), ([1, 128, 128, 16], 512, 3, 1, .uniform(1), true),
             ([2, 16, 16, 128], 8, 3, 1, .uniform(1), false),
         ]
-        for c in cases {
-            let x = rng.tensor(c.x), w = rng.tensor([c.o, c.k, c.k, c.x[3]], scale: 1 / Float(c.k * c.k * c.x[3]).squareRoot())
-            let b = rng.tensor([c.o], scale: 0.2)
-            record("conv2d \(c.k)x\(c.k) s\(c.stride)", c.x + [c.o]) {
-                (down(gpu.conv2d(up(x), weight: gpu.weight(w, role: .convolution), bias: c.bias ? up(b) : nil, stride: c.stride, padding: c.pad)),
-                 cpu.conv2d(x, weight: w, bias: c.bias ? b : nil, stride: c.stride, padding: c.pad))
+        let saved = gpu.convolutionKernel
+        defer { gpu.convolutionKernel = saved }
+        for kernel in [CUDABackend.ConvolutionKernel.gemm, .auto] {
+            gpu.convolutionKernel = kernel
+            for c in cases {
+                let x = rng.tensor(c.x), w = rng.tensor([c.o, c.k, c.k, c.x[3]], scale: 1 / Float(c.k * c.k * c.x[3]).squareRoot())
+                let b = rng.tensor([c.o], scale: 0.2)
+                record("conv2d \(c.k)x\(c.k) s\(c.stride)", c.x + [c.o]) {
+                    (down(gpu.conv2d(up(x), weight: gpu.weight(w, role: .convolution), bias: c.bias ? up(b) : nil, stride: c.stride, padding: c.pad)),
+                     cpu.conv2d(x, weight: w, bias: c.bias ? b : nil, stride: c.stride, padding: c.pad))
+                }
+                rows[rows.count - 1].note = gpu.lastConvolutionPath
             }
+            // A VAE decoder layer (512 channels at 128x128): the first 8 output rows against the CPU on the input's
+            // first 9 rows (same zero padding at the top, the real neighbours at the bottom).
+            let x = rng.tensor([1, 128, 128, 512]), w = rng.tensor([512, 3, 3, 512], scale: 1 / Float(9 * 512).squareRoot())
+            let b = rng.tensor([512], scale: 0.2)
+            let (gx, gw, gb) = (up(x), gpu.weight(w, role: .convolution), up(b))
+            record("conv2d 3x3 VAE", [1, 128, 128, 512, 512],
+                   time: { _ = self.gpu.conv2d(gx, weight: gw, bias: gb, stride: 1, padding: .uniform(1)) }) {
+                let y = down(gpu.conv2d(gx, weight: gw, bias: gb, stride: 1, padding: .uniform(1)))
+                let top = HostTensor(shape: [1, 9, 128, 512], data: Array(x.data[0..<(9 * 128 * 512)]))
+                let ref = cpu.conv2d(top, weight: w, bias: b, stride: 1, padding: Padding(top: 1, left: 1, bottom: 0, right: 1))
+                return (HostTensor(shape: [1, 8, 128, 512], data: Array(y.data[0..<(8 * 128 * 512)])), ref)
+            }
+            rows[rows.count - 1].note = gpu.lastConvolutionPath
         }
         let x = rng.tensor([1, 32, 32, 128])
         record("upsampleNearest2x", x.shape) { (down(gpu.upsampleNearest2x(up(x))), cpu.upsampleNearest2x(x)) }
@@ -476,6 +502,24 @@ public final class GPUSelftest {
               }
             }
         }
+        say("convolution benchmark (BF16 NHWC, 3x3, padding 1, FLUX VAE decoder layers at 1024x1024 output):")
+        let savedConv = gpu.convolutionKernel
+        for kernel in [CUDABackend.ConvolutionKernel.cudnn, .gemm] {
+            gpu.convolutionKernel = kernel
+            for (size, channels) in [(128, 512), (256, 512), (512, 256), (1024, 128)] {
+              do {
+                let x = try gpu.upload(rng.tensor([1, size, size, channels]))
+                let w = try gpu.upload(rng.tensor([channels, 3, 3, channels], scale: 0.02))
+                let b = try gpu.upload(rng.tensor([channels], scale: 0.1))
+                usleep(200_000)
+                let ms = try measure({ _ = self.gpu.conv2d(x, weight: w, bias: b, stride: 1, padding: .uniform(1)) }, warmup: 3, repeats: 10, batches: 5)
+                let flops = 2.0 * Double(size * size) * Double(channels * channels * 9)
+                convolutions.append(ConvBench(kernel: kernel.rawValue, size: size, channels: channels, milliseconds: ms, tflops: flops / (ms * 1e-3) / 1e12))
+                say("  \(kernel.rawValue.padding(6)) \(size)x\(size)x\(channels) -> \(channels)  \(format(ms, 4)) ms  \(format(flops / (ms * 1e-3) / 1e12, 0)) TFLOP/s")
+              } catch { say("  FAIL conv \(kernel.rawValue) \(size)x\(channels): \(error)") }
+            }
+        }
+        gpu.convolutionKernel = savedConv
         say("attention benchmark (BF16, head 128, non-causal):")
         let savedKernel = gpu.attentionKernel
         defer { gpu.attentionKernel = savedKernel }
@@ -532,6 +576,10 @@ public final class GPUSelftest {
             ("attention", .array(attentions.map { a in
                 .object([("kernel", .string(a.kernel)), ("b", .number(Double(a.batch))), ("h", .number(Double(a.heads))), ("l", .number(Double(a.length))), ("d", .number(Double(a.dim))),
                          ("ms", num(a.milliseconds)), ("tflops", num(a.tflops))])
+            })),
+            ("conv", .array(convolutions.map { c in
+                .object([("kernel", .string(c.kernel)), ("size", .number(Double(c.size))), ("channels", .number(Double(c.channels))),
+                         ("ms", num(c.milliseconds)), ("tflops", num(c.tflops))])
             })),
             ("kernel_load_seconds", .object(gpu.kernelLoadSeconds.keys.sorted().map { ($0, .number(gpu.kernelLoadSeconds[$0]!)) })),
             ("driver_allocations", .number(Double(gpu.pool.driverAllocations))),

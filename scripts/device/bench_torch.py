@@ -54,6 +54,16 @@ def main():
         result["gemm"].append({"m": M, "n": n, "k": k, "precision": "fp8", "ms": ms8, "op": "torch._scaled_mm row-wise"})
         print(f"{M}x{n}x{k}: matmul {ms:.4f} ms ({2*M*n*k/ms/1e9:.0f} TFLOP/s), _scaled_mm {ms8:.4f} ms ({2*M*n*k/ms8/1e9:.0f} TFLOP/s)", flush=True)
         del x, w, xq, wq
+    torch.backends.cudnn.benchmark = True
+    result["conv"] = []
+    for size, channels in ((128, 512), (256, 512), (512, 256), (1024, 128)):
+        x = torch.randn(1, channels, size, size, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        w = (torch.randn(channels, channels, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.02).to(memory_format=torch.channels_last)
+        b = torch.randn(channels, device="cuda", dtype=torch.bfloat16) * 0.1
+        ms = bench(lambda: F.conv2d(x, w, b, padding=1))
+        result["conv"].append({"size": size, "channels": channels, "ms": ms, "op": "F.conv2d channels_last, cudnn.benchmark"})
+        print(f"conv {size}x{size}x{channels}: {ms:.4f} ms", flush=True)
+        del x, w
     for length in (4608, 4096, 16384):
         q, k, v = (torch.randn(1, 24, length, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         entry = {"b": 1, "h": 24, "l": length, "d": 128}

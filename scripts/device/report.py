@@ -36,6 +36,18 @@ def main():
         rcol = "" if tms is None else "%.3f" % (tms / g["ms"])
         out.append(f"| {g['n']}x{g['k']} | {g['precision']} | {g['ms']:.4f} | {g['tflops']:.0f} | {g['best_of_all_ms']:.4f} ({int(g['candidates'])}) | "
                    f"{g['ms']/g['best_of_all_ms']:.3f} | {g['heuristic_ms']:.4f} | {tcol} | {rcol} | {g['algorithm']} | {g.get('best_algorithm', '')} |")
+    for other in runs[1:]:
+        for mine, theirs in zip(torch.get("conv", []), other.get("conv", [])):
+            mine["ms"] = min(mine["ms"], theirs["ms"])
+    tc = {(c["size"], c["channels"]): c for c in torch.get("conv", [])}
+    out.append("\n## Convolution BF16 NHWC 3x3 (FLUX VAE decoder layers), ms\n")
+    out.append("| input | kiln kernel | kiln | TFLOP/s | torch conv2d (channels_last, cudnn.benchmark) | torch / kiln |")
+    out.append("|---|---|---|---|---|---|")
+    for c in kiln.get("conv", []):
+        t = tc.get((c["size"], c["channels"]))
+        tcol = "" if t is None else "%.4f" % t["ms"]
+        rcol = "" if t is None else "%.3f" % (t["ms"] / c["ms"])
+        out.append(f"| {c['size']}x{c['size']}x{c['channels']} | {c['kernel']} | {c['ms']:.4f} | {c['tflops']:.0f} | {tcol} | {rcol} |")
     ta = {a["l"]: a for a in torch.get("attention", [])}
     out.append("\n## Attention BF16, 1 x 24 heads x L x 128 (ms)\n")
     out.append("| L | kiln kernel | kiln | TFLOP/s | torch SDPA cuDNN | torch SDPA flash | torch cuDNN / kiln |")

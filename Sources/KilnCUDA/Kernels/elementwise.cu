@@ -11,6 +11,12 @@ extern "C" __global__ void affine_bf16(bf16 *out, const bf16 *x, float scale, fl
         out[i] = f2bf(bf2f(x[i]) * scale + shift);
 }
 
+/// out = x + bias[c] over the last dimension (channels).
+extern "C" __global__ void bias_add_bf16(bf16 *out, const bf16 *x, const bf16 *bias, int channels, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = f2bf(bf2f(x[i]) + bf2f(bias[i % channels]));
+}
+
 /// kind: 0 none, 1 SiLU, 2 GELU-tanh.
 extern "C" __global__ void activation_bf16(bf16 *out, const bf16 *x, int kind, u64 n) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
