@@ -48,6 +48,8 @@ public protocol Backend: AnyObject {
     func shape(_ tensor: Tensor) -> [Int]
     /// Waits until all queued work is done (a no-op for synchronous backends); for timing stages.
     func synchronize() throws
+    /// Device memory the backend holds (weights, activations, caches), or nil where it is plain host memory.
+    var memoryReservedBytes: Int? { get }
 
     // MARK: layout
     /// The same elements with another shape of equal count.
@@ -142,6 +144,8 @@ public struct Padding: Equatable, Sendable {
 
 extension Backend {
     public func synchronize() throws {}
+
+    public var memoryReservedBytes: Int? { nil }
 
     public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? { nil }
 

@@ -19,6 +19,9 @@ final class CapturedGraph: DeviceGraph {
 }
 
 extension CUDABackend {
+    /// Everything the pool has taken from the driver (it never gives memory back while the backend lives).
+    public var memoryReservedBytes: Int? { pool.reservedBytes }
+
     /// Captures `body` on the backend's stream. Every allocation inside must be served by blocks the pool already
     /// holds (run the same work eagerly once before), and nothing inside may synchronize.
     public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? {

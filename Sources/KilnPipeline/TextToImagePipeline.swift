@@ -26,6 +26,16 @@ public final class TextToImagePipeline<B: Backend> {
     }
     /// Replay repeated denoising loops as one captured graph where the backend has graphs.
     public var useGraphs = true
+    /// How the last `denoise` ran its loop.
+    public private(set) var lastLoop = LoopMode.eager
+
+    /// Eager (op by op), captured into a graph and replayed, or replayed from an earlier capture.
+    public enum LoopMode: String, Sendable {
+        case eager
+        case captured
+        case replayed
+    }
+
     /// Loops run so far, by shape: the second run of a shape captures its graph, later runs replay it.
     var loops: [LoopKey: CapturedLoop] = [:]
 
@@ -116,7 +126,9 @@ public final class TextToImagePipeline<B: Backend> {
         // A loop seen before with these shapes replays as one graph: new values go into its input buffers.
         if let loop = loops[key], let graph = loop.graph {
             for (tensor, host) in zip(loop.inputs, inputs.compactMap { $0 }) { try backend.overwrite(tensor, with: host) }
+            progress?(0, steps)
             try graph.replay()
+            lastLoop = .replayed
             progress?(steps, steps)
             return LatentPacking.unpack(backend.host(loop.output), height: h, width: w)
         }
@@ -131,12 +143,15 @@ public final class TextToImagePipeline<B: Backend> {
             var output: B.Tensor?
             if let graph = try backend.capture({ output = run(progress: nil) }) {
                 loops[key] = CapturedLoop(inputs: tensors.compactMap { $0 }, rope: rope, output: output!, graph: graph)
+                progress?(0, steps)
                 try graph.replay()
+                lastLoop = .captured
                 progress?(steps, steps)
                 return LatentPacking.unpack(backend.host(output!), height: h, width: w)
             }
         }
         let output = run(progress: progress)
+        lastLoop = .eager
         loops[key] = CapturedLoop(inputs: [], rope: nil, output: output, graph: nil)
         return LatentPacking.unpack(backend.host(output), height: h, width: w)
     }

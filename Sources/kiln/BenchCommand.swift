@@ -11,15 +11,17 @@ struct BenchCommand: ParsableCommand, BackendJob {
         commandName: "bench",
         abstract: "Time each stage of a generation and print the figures as JSON.",
         discussion: """
-            Times loading, every denoising step (the backend is synchronized after each), the VAE decode and the PNG
-            encoding, over --runs runs after the first (cold) one; reports medians, the transformer's TFLOP/s, the time from
-            process start to the first image, and peak host memory.
+            Times loading, the text encoders, each run's denoising loop, the VAE decode and the PNG encoding, over --runs runs
+            after the first (cold) one. The first run of a shape is eager (steps timed one by one, the backend synchronized
+            after each); on backends with graphs the second captures the loop as one graph and later runs replay it. Reports
+            the step time (from replays where there are any), the transformer's TFLOP/s, the time from process start to the
+            first image, and peak host and device memory.
             """)
 
     @OptionGroup var arguments: GenerationArguments
 
     @Option(help: "Timed runs after the first (cold) one.")
-    var runs: Int = 2
+    var runs: Int = 3
 
     @Option(help: "Also write the JSON to this file.")
     var json: String?
@@ -40,23 +42,27 @@ struct BenchCommand: ParsableCommand, BackendJob {
         let loadSeconds = MonotonicClock.now() - loadStart
         fputs("kiln: \(prepared.description)\n", stderr)
 
-        var setupTimes: [Double] = []
-        var stepTimes: [Double] = []
+        var runReports: [JSON] = []
+        var eagerSteps: [Double] = []
+        var loopTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
         var decodeTimes: [Double] = []
         var pngTimes: [Double] = []
         var firstImage = 0.0
         for run in 0...runs {
-            var last = MonotonicClock.now()
+            let start = MonotonicClock.now()
+            var marks: [Int: Double] = [:]
             var deviceError: Error?
             let final = try pipeline.denoise(latents: prepared.noise, prompt: prepared.prompt, options: prepared.options) { step, _ in
                 do { try backend.synchronize() } catch { deviceError = deviceError ?? error }
-                let now = MonotonicClock.now()
-                if run > 0 || runs == 0 {
-                    if step == 0 { setupTimes.append(now - last) } else { stepTimes.append(now - last) }
-                }
-                last = now
+                marks[step] = MonotonicClock.now()
             }
             if let deviceError { throw deviceError }
+            let steps = marks.keys.max() ?? 0
+            let loopStart = marks[0] ?? start
+            let loop = (marks[steps] ?? loopStart) - loopStart
+            if pipeline.lastLoop == .eager, run > 0 || runs == 0 {
+                eagerSteps += (1...max(1, steps)).compactMap { step in marks[step].flatMap { end in marks[step - 1].map { end - $0 } } }
+            }
             let decodeStart = MonotonicClock.now()
             let images = pipeline.decode(final)
             let pngStart = MonotonicClock.now()
@@ -64,15 +70,26 @@ struct BenchCommand: ParsableCommand, BackendJob {
             let end = MonotonicClock.now()
             if run == 0 { firstImage = BenchCommand.secondsSinceProcessStart() }
             if run > 0 || runs == 0 {
+                loopTimes.append((pipeline.lastLoop, loop))
                 decodeTimes.append(pngStart - decodeStart)
                 pngTimes.append(end - pngStart)
             }
+            runReports.append(.object([
+                ("loop", .string(pipeline.lastLoop.rawValue)),
+                ("setup_ms", .number(BenchCommand.rounded((loopStart - start) * 1000))),
+                ("loop_ms", .number(BenchCommand.rounded(loop * 1000))),
+                ("vae_decode_ms", .number(BenchCommand.rounded((pngStart - decodeStart) * 1000))),
+                ("png_ms", .number(BenchCommand.rounded((end - pngStart) * 1000))),
+            ]))
         }
+        let steps = prepared.options.steps ?? pipeline.defaultSteps
+        // The step figure comes from graph replays where there are any, else from eager steps.
+        let replays = loopTimes.filter { $0.mode == .replayed }.map { $0.seconds / Double(steps) }
+        let stepMedian = BenchCommand.median(replays.isEmpty ? eagerSteps : replays)
         let config = pipeline.transformer.config
         let (h, w) = prepared.options.latentSize
         let flops = config.stepFLOPs(imageTokens: (h / 2) * (w / 2), textTokens: prepared.prompt.sequence.shape[1])
             * Double(prepared.options.batch)
-        let stepMedian = BenchCommand.median(stepTimes)
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         let report = JSON.object([
@@ -82,17 +99,19 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("width", .number(Double(prepared.options.width))),
             ("height", .number(Double(prepared.options.height))),
             ("batch", .number(Double(prepared.options.batch))),
-            ("steps", .number(Double(stepTimes.count / max(1, runs)))),
+            ("steps", .number(Double(steps))),
             ("load_s", .number(BenchCommand.rounded(loadSeconds - prepared.textEncodingSeconds))),
             ("text_encoders_s", .number(BenchCommand.rounded(prepared.textEncodingSeconds))),
-            ("loop_setup_median_ms", .number(BenchCommand.rounded(BenchCommand.median(setupTimes) * 1000))),
-            ("step_ms", .array(stepTimes.map { .number(BenchCommand.rounded($0 * 1000)) })),
+            ("runs", .array(runReports)),
+            ("step_source", .string(replays.isEmpty ? "eager steps" : "graph replays (loop time / steps)")),
+            ("eager_step_ms", .array(eagerSteps.map { .number(BenchCommand.rounded($0 * 1000)) })),
             ("step_median_ms", .number(BenchCommand.rounded(stepMedian * 1000))),
             ("step_tflops", .number(BenchCommand.rounded(flops / stepMedian / 1e12))),
             ("vae_decode_median_ms", .number(BenchCommand.rounded(BenchCommand.median(decodeTimes) * 1000))),
             ("png_median_ms", .number(BenchCommand.rounded(BenchCommand.median(pngTimes) * 1000))),
             ("process_start_to_first_image_s", .number(BenchCommand.rounded(firstImage))),
             ("peak_host_memory_mb", .number(Double(usage.ru_maxrss / 1024))),
+            ("device_memory_reserved_gb", backend.memoryReservedBytes.map { .number(BenchCommand.rounded(Double($0) / 1e9)) } ?? .null),
         ])
         print(report.serialized)
         if let json { try FileIO.write(Array((report.serialized + "\n").utf8), to: json) }
