@@ -418,30 +418,38 @@ public final class GPUSelftest {
         record("upsampleNearest2x", x.shape) { (down(gpu.upsampleNearest2x(up(x))), cpu.upsampleNearest2x(x)) }
     }
 
-    /// A CUDA graph of norm → linear → gated residual, replayed after new input values are written into the
-    /// captured input buffer; compared with the same ops run eagerly.
+    /// A CUDA graph of norm → linear → attention → gated residual and a convolution (cuBLASLt, NVRTC kernels and
+    /// cuDNN inside one capture), replayed after new input values are written into the captured input buffer;
+    /// compared with the same ops run eagerly.
     func graph() {
         let shape = [1, 512, 3072]
-        record("CUDA graph replay", shape, note: "vs eager, new inputs") {
+        record("CUDA graph replay", shape, note: "vs eager, new inputs; GEMM, cuDNN attention + conv, kernels") {
             let x1 = rng.tensor(shape), x2 = rng.tensor(shape)
             let shift = up(rng.tensor([1, 3072])), scale = up(rng.tensor([1, 3072], scale: 0.5)), gate = up(rng.tensor([1, 3072]))
             let w = up(rng.tensor([3072, 3072], scale: 0.02)), b = up(rng.tensor([3072]))
+            let convWeight = gpu.weight(rng.tensor([64, 3, 3, 1024], scale: 0.01), role: .convolution)
             let input = up(x1)
-            func body() -> CUDATensor {
+            func body() -> (CUDATensor, CUDATensor) {
                 let h = gpu.layerNormModulate(input, shift: shift, scale: scale, eps: 1e-6)
                 let y = gpu.linear(h, weight: w, bias: b, activation: .geluTanh)
-                return gpu.gatedResidual(input, gate: gate, y)
+                let a = gpu.attention(q: y, k: h, v: input, heads: 24, scale: nil, keyMask: nil)
+                let c = gpu.conv2d(gpu.reshape(a, [1, 32, 48, 1024]), weight: convWeight, bias: nil, stride: 1, padding: .uniform(1))
+                return (gpu.gatedResidual(input, gate: gate, a), c)
             }
-            _ = body()  // plans and kernels ready, pool warm
+            _ = body()  // plans, kernels and cuDNN ready, pool warm
             try gpu.synchronize()
-            var out: CUDATensor?
+            var out: (CUDATensor, CUDATensor)?
             let graph = try CUDAGraph(capturing: gpu.stream) { out = body() }
             var bits = x2.data.map { NumberFormats.floatToBF16($0) }
             try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: input.pointer, bytes: $0.count, stream: gpu.stream) }
             try graph.launch(on: gpu.stream)
-            let replayed = down(out!)
-            let eager = down(body())
-            return (replayed, eager)
+            let (r1, r2) = (down(out!.0), down(out!.1))
+            let eager = body()
+            let (e1, e2) = (down(eager.0), down(eager.1))
+            let paths = "attention \(gpu.lastAttentionPath), conv \(gpu.lastConvolutionPath)"
+            say("  graph body ran \(paths)")
+            return (HostTensor(shape: [r1.count + r2.count], data: r1.data + r2.data),
+                    HostTensor(shape: [e1.count + e2.count], data: e1.data + e2.data))
         }
     }
 
