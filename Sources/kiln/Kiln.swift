@@ -10,7 +10,7 @@ struct Kiln: ParsableCommand {
         commandName: "kiln",
         abstract: "FLUX.1 text-to-image, natively.",
         subcommands: [GenerateCommand.self, InspectCommand.self, BenchCommand.self, TokenizeCommand.self,
-                      DoctorCommand.self, CompileCommand.self, SelftestCommand.self])
+                      ParityCommand.self, DoctorCommand.self, CompileCommand.self, SelftestCommand.self])
 }
 
 /// Runs a command body and turns any error into one line on stderr and exit code 1.

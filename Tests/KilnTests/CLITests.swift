@@ -344,3 +344,19 @@ extension CLITests {
         try assertRejected(arguments + ["--no-prompt-cache"], mentioning: "model-00001-of-00003.safetensors")
     }
 }
+
+extension CLITests {
+    func testParityWritesEveryBlockOutput() throws {
+        let out = directory + "/parity.safetensors"
+        let result = try kiln(["parity", "--model", Fixtures.path("tiny-flux-dev"), "--reference", Fixtures.path("reference/transformer_dev.safetensors"),
+                               "--vae-reference", Fixtures.path("reference/vae.safetensors"), "--out", out])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let kiln = try Checkpoint(path: out)
+        let reference = try Fixtures.reference("transformer_dev")
+        XCTAssertEqual(kiln.names.count, 2 + 2 * (2 + 2) + 1)
+        for name in kiln.names where name != "decode_out" {
+            assertClose(try kiln.tensor(name), try reference.tensor(name), tolerance: 1e-4, "parity \(name)")
+        }
+        assertClose(try kiln.tensor("decode_out"), try Fixtures.reference("vae").tensor("decode_out"), tolerance: 1e-4, "parity VAE")
+    }
+}

@@ -1,8 +1,8 @@
 #!/bin/bash
 # FLUX.1 end to end on the GPU machine, in one call: `kiln bench` at full size with random weights (dev and schnell,
 # several resolutions) next to diffusers eager BF16 measured in the same call, and the ratios.
-# Run from the repository root there, after scripts/device/run.sh's setup (binary at .device/kiln, wheels in .whl/):
-#   bash scripts/device/flux.sh
+# Run from the repository root there (binary at .device/kiln, diffusers wheels in .whl/), normally through
+#   KILN_STAGES=flux bash scripts/device/run.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/kiln-out}
 mkdir -p "$OUT"
@@ -11,7 +11,8 @@ export KILN_KERNEL_DIR=${KILN_KERNEL_DIR:-$PWD/Sources/KilnCUDA/Kernels}
 export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
 export KILN_CUDA_LIBS=${KILN_CUDA_LIBS:-$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)}
 SIZES=${KILN_FLUX_SIZES:-1024x1024 768x1360 512x512}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+[ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site
 # Tiny fixtures through the CUDA backend (BF16) against diffusers fp32: the whole pipeline, also from a prompt.
 for case in "tiny-flux-dev pipeline_dev_96x160 96 160 4" "tiny-flux-schnell pipeline_schnell_128x128 128 128 2"; do
   set -- $case
@@ -33,7 +34,7 @@ for variant in dev schnell; do
   for size in $SIZES; do
     [ $variant = schnell ] && [ $size != 1024x1024 ] && continue
     echo "== kiln bench $variant $size, $steps steps"
-    $BIN bench --random-weights $variant --device cuda --width ${size#*x} --height ${size%x*} --steps $steps --runs 1 \
+    $BIN bench --random-weights $variant --device cuda --width ${size#*x} --height ${size%x*} --steps $steps --runs 3 \
       --json "$OUT/kiln-$variant-$size.json" 2>&1 | grep -v '^denoising' | tail -3
   done
 done

@@ -9,15 +9,16 @@ import sys
 out = sys.argv[1]
 torch_results = json.load(open(os.path.join(out, "torch-flux.json")))
 print(f"GPU: {torch_results['gpu']}, torch {torch_results['torch']}\n")
-print("| run | step ms (median) | TFLOP/s | eager step ms | step ratio | VAE ms | eager VAE ms | VAE ratio | "
-      "loop s | first image s | load s |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | step ms | from | TFLOP/s | eager step ms | step ratio | VAE ms | eager VAE ms | VAE ratio | "
+      "loop s (eager / graph) | first image s | device GB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sorted(glob.glob(os.path.join(out, "kiln-*.json"))):
     k = json.load(open(path))
     size = f"{k['height']}x{k['width']}"
-    eager_step = torch_results["step_ms"].get(size)
-    eager_vae = torch_results["vae_decode_ms"].get(size)
-    loop = sum(k["step_ms"]) / 1000
-    print(f"| {os.path.basename(path)[5:-5]} | {k['step_median_ms']:.1f} | {k['step_tflops']:.0f} | "
-          f"{eager_step:.1f} | {k['step_median_ms'] / eager_step:.2f} | {k['vae_decode_median_ms']:.1f} | {eager_vae:.1f} | "
-          f"{k['vae_decode_median_ms'] / eager_vae:.2f} | {loop:.2f} | {k['process_start_to_first_image_s']:.1f} | {k['load_s']:.1f} |")
+    eager_step, eager_vae = torch_results["step_ms"][size], torch_results["vae_decode_ms"][size]
+    loops = {r["loop"]: r["loop_ms"] / 1000 for r in k["runs"]}
+    loop = f"{loops.get('eager', float('nan')):.2f} / {loops.get('replayed', float('nan')):.2f}"
+    print(f"| {os.path.basename(path)[5:-5]} | {k['step_median_ms']:.1f} | {k['step_source'].split(' ')[0]} | "
+          f"{k['step_tflops']:.0f} | {eager_step:.1f} | {k['step_median_ms'] / eager_step:.2f} | {k['vae_decode_median_ms']:.1f} | "
+          f"{eager_vae:.1f} | {k['vae_decode_median_ms'] / eager_vae:.2f} | {loop} | {k['process_start_to_first_image_s']:.1f} | "
+          f"{k['device_memory_reserved_gb']} |")

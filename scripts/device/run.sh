@@ -1,7 +1,9 @@
 #!/bin/bash
 # Kiln's one device script: doctor, kernel compile (and the GPU-less NVRTC check), conformance + micro-benchmarks,
-# the PyTorch comparison, and a merged report. Run from the repository root on the GPU machine:
-#   bash scripts/device/run.sh
+# the PyTorch comparison, and a merged report; then, when KILN_STAGES names them, FLUX end to end (scripts/device/flux.sh:
+# tiny fixtures through CUDA, kiln bench at full size vs diffusers eager) and full-size parity (flux_parity.py). Run from
+# the repository root on the GPU machine (one call may hold only some stages: each call has 10 minutes):
+#   KILN_STAGES="selftest flux parity" bash scripts/device/run.sh
 # It expects the statically linked release binary at .device/kiln (built on the development machine with
 #   swift build -c release --static-swift-stdlib -Xlinker -s --scratch-path .build-release
 # and copied there). Results go to $OUT (default /tmp/kiln-out).
@@ -12,7 +14,13 @@ BIN=${KILN_BIN:-.device/kiln}
 export KILN_KERNEL_DIR=${KILN_KERNEL_DIR:-$PWD/Sources/KilnCUDA/Kernels}
 export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
 LOG=$OUT/device.log
+STAGES=${KILN_STAGES:-selftest}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+if stage flux || stage parity; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
 WHEEL_LIBS=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)
+if stage selftest; then
 {
   echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
   echo "== kiln doctor"; $BIN doctor; echo "rc=$?"
@@ -32,4 +40,9 @@ echo "== PyTorch reference again (the report takes PyTorch's faster run of the t
 PYTHONUNBUFFERED=1 python3 scripts/device/bench_torch.py --json "$OUT/torch2.json" 2>&1 | tee -a "$LOG"
 if [ -f "$OUT/kiln.json" ]; then
   python3 scripts/device/report.py "$OUT/kiln.json" "$OUT/torch.json" "$OUT/torch2.json" > "$OUT/results.md" && cat "$OUT/results.md"
+fi
+fi
+if stage flux; then bash scripts/device/flux.sh; fi
+if stage parity; then
+  PYTHONUNBUFFERED=1 KILN_CUDA_LIBS=$WHEEL_LIBS python3 scripts/device/flux_parity.py --kiln "$BIN" --json "$OUT/parity.json" 2>&1 | tee "$OUT/parity.txt"
 fi
