@@ -36,7 +36,10 @@ public final class TextToImagePipeline<B: Backend> {
         case replayed
     }
 
-    /// Loops run so far, by shape: the second run of a shape captures its graph, later runs replay it.
+    /// Loop shapes run eagerly so far: the second run of a shape captures its graph, later runs replay it. (Nothing of
+    /// the eager run is kept: the capture must find every block the eager run used back in the pool.)
+    var seenLoops: Set<LoopKey> = []
+    /// Captured loops by shape.
     var loops: [LoopKey: CapturedLoop] = [:]
 
     struct LoopKey: Hashable {
@@ -48,7 +51,7 @@ public final class TextToImagePipeline<B: Backend> {
         var inputs: [B.Tensor]
         var rope: FluxRotary<B.Tensor>?
         var output: B.Tensor
-        var graph: DeviceGraph?
+        var graph: DeviceGraph
     }
 
     /// Builds the pipeline from loaded parts.
@@ -124,10 +127,10 @@ public final class TextToImagePipeline<B: Backend> {
         let key = LoopKey(batch: batch, rows: rows, columns: columns, textTokens: prompt.sequence.shape[1], steps: steps, faults: faults.rawValue)
 
         // A loop seen before with these shapes replays as one graph: new values go into its input buffers.
-        if let loop = loops[key], let graph = loop.graph {
+        if let loop = loops[key] {
             for (tensor, host) in zip(loop.inputs, inputs.compactMap { $0 }) { try backend.overwrite(tensor, with: host) }
             progress?(0, steps)
-            try graph.replay()
+            try loop.graph.replay()
             lastLoop = .replayed
             progress?(steps, steps)
             return LatentPacking.unpack(backend.host(loop.output), height: h, width: w)
@@ -139,7 +142,7 @@ public final class TextToImagePipeline<B: Backend> {
                           guidanceEmbedding: tensors[4], rope: rope, scheduler: scheduler, batch: batch, progress: progress)
         }
         // The first run of a shape is eager (it tunes kernels and sizes the memory pool); the second is captured.
-        if loops[key] != nil && useGraphs {
+        if seenLoops.contains(key) && useGraphs {
             var output: B.Tensor?
             if let graph = try backend.capture({ output = run(progress: nil) }) {
                 loops[key] = CapturedLoop(inputs: tensors.compactMap { $0 }, rope: rope, output: output!, graph: graph)
@@ -152,7 +155,7 @@ public final class TextToImagePipeline<B: Backend> {
         }
         let output = run(progress: progress)
         lastLoop = .eager
-        loops[key] = CapturedLoop(inputs: [], rope: nil, output: output, graph: nil)
+        seenLoops.insert(key)
         return LatentPacking.unpack(backend.host(output), height: h, width: w)
     }
 
