@@ -48,8 +48,10 @@ public protocol Backend: AnyObject {
     func shape(_ tensor: Tensor) -> [Int]
     /// Waits until all queued work is done (a no-op for synchronous backends); for timing stages.
     func synchronize() throws
-    /// Device memory the backend holds (weights, activations, caches), or nil where it is plain host memory.
+    /// The most device memory the backend has held at once (weights, activations, caches), or nil for host memory.
     var memoryReservedBytes: Int? { get }
+    /// Returns memory cached for reuse to the system (after a large model is released).
+    func releaseCachedMemory() throws
 
     // MARK: layout
     /// The same elements with another shape of equal count.
@@ -146,6 +148,8 @@ extension Backend {
     public func synchronize() throws {}
 
     public var memoryReservedBytes: Int? { nil }
+
+    public func releaseCachedMemory() throws {}
 
     public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? { nil }
 

@@ -32,6 +32,8 @@ public final class DevicePool: @unchecked Sendable {
     private var owned: [DeviceBuffer] = []
     public private(set) var driverAllocations = 0
     public private(set) var reservedBytes = 0
+    /// The most `reservedBytes` has been.
+    public private(set) var peakReservedBytes = 0
     public var poison = false
     let stream: CUDAStream
 
@@ -59,6 +61,7 @@ public final class DevicePool: @unchecked Sendable {
             owned.append(buffer)
             driverAllocations += 1
             reservedBytes += size
+            peakReservedBytes = max(peakReservedBytes, reservedBytes)
             pointer = buffer.pointer
         }
         if poison { try DeviceCopy.fill16(pointer, value: 0xFFFF, count: size / 2, stream: stream) }
@@ -67,6 +70,15 @@ public final class DevicePool: @unchecked Sendable {
 
     func release(_ pointer: CUdeviceptr, _ bytes: Int) {
         if capturing { captureFree[bytes, default: []].append(pointer) } else { free[bytes, default: []].append(pointer) }
+    }
+
+    /// Gives every cached free block back to the driver (e.g. once the text encoders are gone), so later
+    /// allocations of other sizes do not stack on top of them.
+    func trim() {
+        let unused = Set(free.values.joined())
+        owned.removeAll { unused.contains($0.pointer) }
+        reservedBytes -= free.reduce(0) { $0 + $1.key * $1.value.count }
+        free = [:]
     }
 
     // MARK: graph capture

@@ -19,8 +19,14 @@ final class CapturedGraph: DeviceGraph {
 }
 
 extension CUDABackend {
-    /// Everything the pool has taken from the driver (it never gives memory back while the backend lives).
-    public var memoryReservedBytes: Int? { pool.reservedBytes }
+    /// The most device memory the pool has held at once.
+    public var memoryReservedBytes: Int? { pool.peakReservedBytes }
+
+    /// Frees the pool's cached blocks.
+    public func releaseCachedMemory() throws {
+        try synchronize()
+        pool.trim()
+    }
 
     /// Captures `body` on the backend's stream. Every allocation inside must be served by blocks the pool already
     /// holds (run the same work eagerly once before), and nothing inside may synchronize.

@@ -111,7 +111,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("png_median_ms", .number(BenchCommand.rounded(BenchCommand.median(pngTimes) * 1000))),
             ("process_start_to_first_image_s", .number(BenchCommand.rounded(firstImage))),
             ("peak_host_memory_mb", .number(Double(usage.ru_maxrss / 1024))),
-            ("device_memory_reserved_gb", backend.memoryReservedBytes.map { .number(BenchCommand.rounded(Double($0) / 1e9)) } ?? .null),
+            ("peak_device_memory_gb", backend.memoryReservedBytes.map { .number(BenchCommand.rounded(Double($0) / 1e9)) } ?? .null),
         ])
         print(report.serialized)
         if let json { try FileIO.write(Array((report.serialized + "\n").utf8), to: json) }

@@ -28,7 +28,7 @@ struct GenerationArguments: ParsableArguments {
     @Option(help: "T5 tokens the prompt is padded or truncated to (default 512 for dev, 256 for schnell).")
     var maxSequenceLength: Int?
 
-    @Option(help: "A diffusers FLUX folder whose text encoders to use (default: the --model folder).")
+    @Option(help: "A diffusers FLUX folder whose text encoders to use (default: the --model folder; with --random-weights, random prompt embeddings unless given).")
     var textEncoders: String?
 
     @Flag(help: "Do not read or write the on-disk cache of prompt embeddings.")
@@ -110,19 +110,21 @@ struct GenerationArguments: ParsableArguments {
         let embeddings: PromptEmbeddings
         if let promptEmbeds {
             embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
-        } else if let random {
+        } else if let random, textEncoders == nil {
             embeddings = random.promptEmbeddings(for: try promptText() ?? "", batch: batch)
         } else {
             guard let text = try promptText() else {
                 throw KilnError.invalidArgument("a prompt is needed: --prompt, --prompt-file or --prompt-embeds")
             }
-            guard let folder = textEncoders ?? (FileIO.isDirectory(model!) ? model : nil) else {
+            guard let folder = textEncoders ?? model.flatMap({ FileIO.isDirectory($0) ? $0 : nil }) else {
                 throw KilnError.invalidArgument("a BFL transformer file carries no text encoders: pass --text-encoders DIR (a diffusers FLUX folder) or --prompt-embeds")
             }
             let encoder = try PromptEncoder(folder: folder, backend: backend,
                                             cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"))
             embeddings = try encoder.embeddings(for: text, maxLength: maxSequenceLength ?? (config.guidanceEmbed ? 512 : 256), batch: batch)
         }
+        // The encoders are gone once encoding is done; their memory goes back before the transformer loads.
+        try backend.releaseCachedMemory()
         let textSeconds = MonotonicClock.now() - textStart
         guard embeddings.sequence.shape[2] == config.jointDim, embeddings.pooled.shape[1] == config.pooledDim else {
             throw KilnError.invalidArgument("prompt embeddings \(embeddings.sequence.shape) / \(embeddings.pooled.shape) do not fit the model (joint dim \(config.jointDim), pooled dim \(config.pooledDim))")

@@ -21,4 +21,4 @@ for path in sorted(glob.glob(os.path.join(out, "kiln-*.json"))):
     print(f"| {os.path.basename(path)[5:-5]} | {k['step_median_ms']:.1f} | {k['step_source'].split(' ')[0]} | "
           f"{k['step_tflops']:.0f} | {eager_step:.1f} | {k['step_median_ms'] / eager_step:.2f} | {k['vae_decode_median_ms']:.1f} | "
           f"{eager_vae:.1f} | {k['vae_decode_median_ms'] / eager_vae:.2f} | {loop} | {k['process_start_to_first_image_s']:.1f} | "
-          f"{k['device_memory_reserved_gb']} |")
+          f"{k.get('peak_device_memory_gb', k.get('device_memory_reserved_gb'))} |")

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""CLIP-L and T5-XXL at their real configs (FLUX.1's text_encoder / text_encoder_2) with random weights, against
+transformers on the GPU machine: FP32 is the reference, transformers BF16 and Kiln (CUDA, BF16) are compared to it on
+the prompt embeddings FluxPipeline would use. Kiln reads the saved folders with the committed tiny tokenizers
+(fixtures/text: CLIP's real 49408-token BPE; a small T5 unigram model whose ids all lie inside T5's 32128).
+Then `kiln bench` runs the whole dev pipeline at 1024x1024 with these encoders, for the peak device memory.
+
+    python3 scripts/device/text_parity.py --kiln .device-flux/kiln --work /tmp/text --json OUT.json
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+CLIP = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, projection_dim=768, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            bos_token_id=0, eos_token_id=2, pad_token_id=1)
+T5 = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32,
+          relative_attention_max_distance=128, feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dense_act_fn="gelu_new",
+          is_gated_act=True, tie_word_embeddings=False)
+PROMPT = "a photograph of a red kiln at dusk, embers glowing, 35mm, shallow depth of field"
+
+
+def build(model_class, config):
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("meta"):
+        model = model_class(config)
+    torch.set_default_dtype(torch.float32)
+    model = model.to_empty(device="cuda")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed" in name or "relative_attention_bias" in name:
+                p.normal_(0, 1)
+            elif p.dim() >= 2:
+                p.normal_(0, p.shape[1] ** -0.5)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1)
+    return model.eval()
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kiln", required=True)
+    parser.add_argument("--work", default="/tmp/text")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+    folder = args.work
+    for part in ("tokenizer", "tokenizer_2"):
+        shutil.copytree(os.path.join("fixtures/text", part), os.path.join(folder, part), dirs_exist_ok=True)
+    torch.manual_seed(0)
+    clip = build(CLIPTextModel, CLIPTextConfig(**CLIP))
+    t5 = build(T5EncoderModel, T5Config(**T5))
+    clip.save_pretrained(os.path.join(folder, "text_encoder"))
+    t5.save_pretrained(os.path.join(folder, "text_encoder_2"), max_shard_size="5GB")
+
+    clip_ids = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))(
+        PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.cuda()
+    t5_ids = T5TokenizerFast.from_pretrained(os.path.join(folder, "tokenizer_2"))(
+        PROMPT, padding="max_length", max_length=512, truncation=True, return_tensors="pt").input_ids.cuda()
+    outputs = {}
+    with torch.inference_mode():
+        for dtype in (torch.bfloat16, torch.float32):
+            clip.to(dtype)
+            t5.to(dtype)
+            outputs[dtype] = (clip(clip_ids).pooler_output.float().cpu(), t5(t5_ids)[0].float().cpu())
+    del clip, t5
+    torch.cuda.empty_cache()
+
+    embeds = os.path.join(folder, "kiln-embeds.safetensors")
+    subprocess.run([args.kiln, "generate", "--device", "cuda", "--random-weights", "dev", "--text-encoders", folder, "--prompt", PROMPT,
+                    "--no-prompt-cache", "--width", "256", "--height", "256", "--steps", "1", "--save-prompt-embeds", embeds,
+                    "--out", os.path.join(folder, "kiln.png")], check=True)
+    kiln = load_file(embeds)
+    fp32 = outputs[torch.float32]
+    result = {
+        "clip_pooled": {"transformers_bf16": rel(outputs[torch.bfloat16][0], fp32[0]), "kiln_bf16": rel(kiln["pooled_prompt_embeds"], fp32[0])},
+        "t5": {"transformers_bf16": rel(outputs[torch.bfloat16][1], fp32[1]), "kiln_bf16": rel(kiln["prompt_embeds"], fp32[1])},
+    }
+    result["kiln_vs_transformers_bf16"] = {"clip_pooled": rel(kiln["pooled_prompt_embeds"], outputs[torch.bfloat16][0]),
+                                           "t5": rel(kiln["prompt_embeds"], outputs[torch.bfloat16][1])}
+    print(json.dumps(result, indent=1), flush=True)
+
+    bench = os.path.join(folder, "bench.json")
+    subprocess.run([args.kiln, "bench", "--device", "cuda", "--random-weights", "dev", "--text-encoders", folder, "--prompt", PROMPT,
+                    "--no-prompt-cache", "--width", "1024", "--height", "1024", "--steps", "28", "--runs", "2", "--json", bench], check=True)
+    result["pipeline_with_text_encoders"] = json.load(open(bench))
+    json.dump(result, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
