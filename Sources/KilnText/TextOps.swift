@@ -42,13 +42,23 @@ extension Backend {
         let s = shape(q)
         let (batch, length, width) = (s[0], s[1], s[2])
         let d = width / heads
+        // Zero lanes round the widened head up to a multiple of 8, the alignment fused attention kernels expect
+        // (CLIP-L: 64 + 77 = 141 lanes gave wrong results on the GPU, 144 is a regular head size).
+        let padding = (8 - (d + length) % 8) % 8
+        var zeros: [Tensor] = []
+        var missing = padding
+        while missing > 0 {
+            zeros.append(slice(lanes.value, axis: 3, 0..<min(missing, length)))
+            missing -= min(missing, length)
+        }
+        let wide = d + length + padding
         func widen(_ x: Tensor, _ extra: Tensor) -> Tensor {
-            let joined = concat([reshape(x, [batch, length, heads, d]), extra], axis: 3)
-            return reshape(joined, [batch, length, heads * (d + length)])
+            let joined = concat([reshape(x, [batch, length, heads, d]), extra] + zeros, axis: 3)
+            return reshape(joined, [batch, length, heads * wide])
         }
         let out = attention(q: widen(q, lanes.query), k: widen(k, lanes.key), v: widen(v, lanes.value),
                             heads: heads, scale: scale, keyMask: nil)
-        let perHead = slice(reshape(out, [batch, length, heads, d + length]), axis: 3, 0..<d)
+        let perHead = slice(reshape(out, [batch, length, heads, wide]), axis: 3, 0..<d)
         return reshape(perHead, [batch, length, width])
     }
 
