@@ -179,12 +179,12 @@ public final class CUDABackend: Backend {
     /// The module of a kernel family, compiled (or read from the cache) on first use.
     public func module(_ family: String) throws -> KernelModule {
         if let m = modules[family] { return m }
-        let start = monotonicSeconds()
+        let start = MonotonicClock.now()
         let source = try KernelSources.load(family, in: compiler.sourceFolder)
         let result = try compiler.cubin(for: source)
         let m = try KernelModule(name: family, cubin: result.cubin)
         modules[family] = m
-        kernelLoadSeconds[family] = monotonicSeconds() - start
+        kernelLoadSeconds[family] = MonotonicClock.now() - start
         return m
     }
 

@@ -330,7 +330,7 @@ public final class GemmPlanCache: @unchecked Sendable {
 
     /// The default location: `<cache>/gemm/<gpu tag>-cublasLt<version>.json`.
     public static func defaultPath(gpuTag: String, cublasLtVersion: Int) -> String {
-        FileIO.join(KilnCache.root(), "gemm/\(gpuTag)-cublasLt\(cublasLtVersion).json")
+        FileIO.join(CacheDirectory.root(), "gemm/\(gpuTag)-cublasLt\(cublasLtVersion).json")
     }
 
     func load(_ json: JSON) {
@@ -351,7 +351,7 @@ public final class GemmPlanCache: @unchecked Sendable {
     }
 
     public func save() throws {
-        try KilnCache.makeDirectories(FileIO.directory(of: path))
+        try CacheDirectory.makeDirectories(FileIO.directory(of: path))
         try FileIO.write(Array(json.serialized.utf8), to: path)
     }
 }

@@ -70,9 +70,6 @@ public enum KernelSources {
     }
 }
 
-/// Kiln's on-disk cache folders (KilnCore's `CacheDirectory`).
-public typealias KilnCache = CacheDirectory
-
 /// Compiles kernel families with NVRTC to cubins for one architecture, caching them on disk.
 public final class KernelCompiler: @unchecked Sendable {
     public let arch: String
@@ -93,7 +90,7 @@ public final class KernelCompiler: @unchecked Sendable {
         try checkNVRTC(kc_nvrtc.nvrtcVersion!(&major, &minor), "nvrtcVersion")
         nvrtcVersion = (Int(major), Int(minor))
         self.arch = arch
-        self.cacheDirectory = cacheDirectory ?? FileIO.join(KilnCache.root(), "kernels")
+        self.cacheDirectory = cacheDirectory ?? FileIO.join(CacheDirectory.root(), "kernels")
         self.sourceFolder = try sourceFolder ?? KernelSources.directory()
         header = try KernelSources.header(in: self.sourceFolder)
     }
@@ -121,16 +118,16 @@ public final class KernelCompiler: @unchecked Sendable {
         let key = KernelCompiler.cacheKey(source: source.text, header: header, options: opts,
                                           nvrtcVersion: nvrtcVersion, arch: arch)
         let path = FileIO.join(cacheDirectory, "\(source.name)-\(arch)-\(key).cubin")
-        let start = monotonicSeconds()
+        let start = MonotonicClock.now()
         if readCache, FileIO.exists(path), let bytes = try? FileIO.read(path), !bytes.isEmpty {
-            return Result(cubin: bytes, cached: true, seconds: monotonicSeconds() - start, log: "")
+            return Result(cubin: bytes, cached: true, seconds: MonotonicClock.now() - start, log: "")
         }
         let (bytes, log) = try compile(source, options: opts)
         if writeCache {
-            try? KilnCache.makeDirectories(cacheDirectory)
+            try? CacheDirectory.makeDirectories(cacheDirectory)
             try? FileIO.write(bytes, to: path)
         }
-        return Result(cubin: bytes, cached: false, seconds: monotonicSeconds() - start, log: log)
+        return Result(cubin: bytes, cached: false, seconds: MonotonicClock.now() - start, log: log)
     }
 
     /// Compiles without the cache; throws with NVRTC's log on failure.

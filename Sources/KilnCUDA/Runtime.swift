@@ -83,13 +83,6 @@ func checkLt(_ status: cublasStatus_t, _ call: @autoclosure () -> String) throws
     }
 }
 
-/// Monotonic wall-clock seconds.
-public func monotonicSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
-}
-
 // MARK: device
 
 /// One GPU with its primary context made current on the calling thread.

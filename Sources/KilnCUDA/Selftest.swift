@@ -46,7 +46,7 @@ public final class GPUSelftest {
 
     public let gpu: CUDABackend
     let cpu = CPUBackend()
-    var rng: SplitMix
+    var rng: NoiseGenerator
     public private(set) var rows: [Row] = []
     public private(set) var gemms: [GemmBench] = []
     public private(set) var attentions: [AttentionBench] = []
@@ -58,7 +58,7 @@ public final class GPUSelftest {
         gpu.pool.poison = true
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)
-        rng = SplitMix(seed: seed ?? UInt64(t.tv_nsec) ^ UInt64(t.tv_sec) << 20)
+        rng = NoiseGenerator(seed: seed ?? UInt64(t.tv_nsec) ^ UInt64(t.tv_sec) << 20)
     }
 
     static let fluxGemms: [(name: String, n: Int, k: Int, epilogue: GemmEpilogue)] = [
@@ -245,7 +245,7 @@ public final class GPUSelftest {
         var cosv = [Float](repeating: 0, count: length * dim), sinv = cosv
         for l in 0..<length {
             for i in stride(from: 0, to: dim, by: 2) {
-                let angle = Float(l) * pow(10000, -Float(i) / Float(dim)) + rng.uniform()
+                let angle = Float(l) * pow(10000, -Float(i) / Float(dim)) + Float(rng.uniform())
                 let (c, s) = (NumberFormats.bf16ToFloat(NumberFormats.floatToBF16(cos(angle))), NumberFormats.bf16ToFloat(NumberFormats.floatToBF16(sin(angle))))
                 (cosv[l * dim + i], cosv[l * dim + i + 1], sinv[l * dim + i], sinv[l * dim + i + 1]) = (c, c, s, s)
             }

@@ -43,11 +43,11 @@ public enum CUDATools {
             do {
                 let backend = try CUDABackend(device: device)
                 backend.autotune = false
-                var rng = SplitMix(seed: 7)
+                var rng = NoiseGenerator(seed: 7)
                 let x = rng.tensor([256, 512]), w = rng.tensor([384, 512], scale: 0.05)
-                let start = monotonicSeconds()
+                let start = MonotonicClock.now()
                 let y = backend.host(backend.linear(backend.tensor(x), weight: backend.tensor(w), bias: nil, activation: .none))
-                let seconds = monotonicSeconds() - start
+                let seconds = MonotonicClock.now() - start
                 let error = y.relativeError(to: referenceLinear(x, w))
                 let ok = error <= 1e-2
                 say("GEMM smoke: 256x384x512 BF16 relative error \(format(error, 2, exponent: true)) in \(format(seconds * 1000, 1)) ms "
@@ -107,28 +107,7 @@ public enum CUDATools {
 
 // MARK: small helpers
 
-/// Deterministic random numbers (SplitMix64) for tests and benchmarks.
-public struct SplitMix {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    public mutating func uniform() -> Float { Float(next() >> 40) * 0x1p-24 }
-
-    /// Standard normal (Box-Muller).
-    public mutating func normal() -> Float {
-        let u = max(uniform(), 1e-7), v = uniform()
-        return (-2 * log(u)).squareRoot() * cos(2 * Float.pi * v)
-    }
-
+extension NoiseGenerator {
     /// A tensor of N(0, scale²) values rounded to BF16 (so device and reference see the same inputs); never zeros.
     public mutating func tensor(_ shape: [Int], scale: Float = 1, offset: Float = 0) -> HostTensor {
         let n = shape.reduce(1, *)

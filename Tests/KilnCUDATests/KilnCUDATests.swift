@@ -40,7 +40,7 @@ final class KilnCUDATests: XCTestCase {
 
     func testVirtualEnvironmentWheelsAreSearched() throws {
         let root = "/tmp/kiln-venv-test-\(getpid())"
-        try KilnCache.makeDirectories(root + "/lib/python3.12/site-packages/nvidia/cu13/lib")
+        try CacheDirectory.makeDirectories(root + "/lib/python3.12/site-packages/nvidia/cu13/lib")
         setenv("VIRTUAL_ENV", root, 1)
         defer { unsetenv("VIRTUAL_ENV") }
         XCTAssertEqual(CUDALibrary.searchFolders.last, root + "/lib/python3.12/site-packages/nvidia/cu13/lib")
@@ -72,10 +72,10 @@ final class KilnCUDATests: XCTestCase {
         unsetenv("KILN_CACHE_DIR")
         setenv("XDG_CACHE_HOME", "/tmp/xdg-test", 1)
         defer { unsetenv("XDG_CACHE_HOME") }
-        XCTAssertEqual(KilnCache.root(), "/tmp/xdg-test/kiln")
+        XCTAssertEqual(CacheDirectory.root(), "/tmp/xdg-test/kiln")
         setenv("KILN_CACHE_DIR", "/tmp/explicit", 1)
         defer { unsetenv("KILN_CACHE_DIR") }
-        XCTAssertEqual(KilnCache.root(), "/tmp/explicit")
+        XCTAssertEqual(CacheDirectory.root(), "/tmp/explicit")
     }
 
     /// Every kernel the backend launches exists, `extern "C"`, in the family it is looked up in.
@@ -146,8 +146,8 @@ final class KilnCUDATests: XCTestCase {
         XCTAssertLessThan(q.relativeError(to: h), 0.05)
     }
 
-    func testSplitMixIsDeterministicAndNeverAllZero() {
-        var a = SplitMix(seed: 1), b = SplitMix(seed: 1)
+    func testRandomTensorsAreDeterministicAndNeverAllZero() {
+        var a = NoiseGenerator(seed: 1), b = NoiseGenerator(seed: 1)
         let x = a.tensor([64]), y = b.tensor([64])
         XCTAssertEqual(x, y)
         XCTAssertTrue(x.data.contains { $0 != 0 })
