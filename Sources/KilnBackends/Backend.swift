@@ -107,6 +107,9 @@ public protocol Backend: AnyObject {
     func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph?
     /// Writes host values into an existing tensor of the same shape, in place (the inputs of a captured graph).
     func overwrite(_ tensor: Tensor, with host: HostTensor) throws
+    /// Changes whenever cached memory leaves the backend's reuse lists for good. A capture finds every block an eager run
+    /// of the same work used only if this has not changed since that run.
+    var memoryGeneration: Int { get }
 
     // MARK: fused (defaults below compose simple ops)
     /// `layerNorm(x) * (1 + scale) + shift` (no affine weights, as adaLN uses).
@@ -152,6 +155,8 @@ extension Backend {
     public func releaseCachedMemory() throws {}
 
     public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? { nil }
+
+    public var memoryGeneration: Int { 0 }
 
     public func overwrite(_ tensor: Tensor, with host: HostTensor) throws {
         throw KilnError.unsupported("the \(name) backend writes no tensor in place")

@@ -32,8 +32,10 @@ public final class DevicePool: @unchecked Sendable {
     private var owned: [DeviceBuffer] = []
     public private(set) var driverAllocations = 0
     public private(set) var reservedBytes = 0
-    /// The most `reservedBytes` has been.
+    /// The most `reservedBytes` has been (a high-water mark; it leaves out the context, modules and cuBLASLt's workspace).
     public private(set) var peakReservedBytes = 0
+    /// Changes whenever blocks leave the free lists for good (kept by a captured graph, or returned to the driver).
+    public private(set) var generation = 0
     public var poison = false
     let stream: CUDAStream
 
@@ -79,6 +81,7 @@ public final class DevicePool: @unchecked Sendable {
         owned.removeAll { unused.contains($0.pointer) }
         reservedBytes -= free.reduce(0) { $0 + $1.key * $1.value.count }
         free = [:]
+        generation += 1
     }
 
     // MARK: graph capture
@@ -95,6 +98,7 @@ public final class DevicePool: @unchecked Sendable {
     /// Ends a capture; returns the blocks the graph keeps.
     func endCapture() -> [Int: [CUdeviceptr]] {
         capturing = false
+        generation += 1
         defer { captureFree = [:] }
         return captureFree
     }
@@ -515,10 +519,13 @@ public final class CUDABackend: Backend {
         let scores = try pool.allocate(queries * keys * 4)
         let probabilities = try pool.allocate(queries * keys * 2)
         let vt = try pool.allocate(d * keys * 2)
+        // Per-head pointers sit h·d elements into a row: as aligned as the largest power of two dividing 2·d (and 2·width).
+        var alignment = 256
+        while (2 * d) % alignment != 0 || (2 * width) % alignment != 0 { alignment /= 2 }
         var scoreKey = GemmKey(m: queries, n: keys, k: d, precision: .bf16)
-        scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true
+        scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true; scoreKey.alignment = alignment
         var outKey = GemmKey(m: queries, n: d, k: keys, precision: .bf16)
-        outKey.strideOut = width
+        outKey.strideOut = width; outKey.alignment = alignment
         for b in 0..<batch {
             for h in 0..<heads {
                 let offset = CUdeviceptr((h * d) * 2)

@@ -36,6 +36,9 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
     public var strideX = 0, strideW = 0, strideOut = 0
     /// fp32 output instead of BF16 (attention scores).
     public var outputF32 = false
+    /// Bytes every operand pointer is aligned to (cuBLASLt assumes 256 unless told; per-head pointers into a wider
+    /// row can be aligned to less, and an algorithm that assumes more computes garbage).
+    public var alignment = 256
 
     public init(m: Int, n: Int, k: Int, precision: GemmPrecision, epilogue: GemmEpilogue = .none) {
         (self.m, self.n, self.k, self.precision, self.epilogue) = (m, n, k, precision, epilogue)
@@ -50,6 +53,7 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
         var text = "\(precision.rawValue) m\(m) n\(n) k\(k) \(epilogue.rawValue)"
         if strideX > 0 || strideW > 0 || strideOut > 0 { text += " ld \(ldX),\(ldW),\(ldOut)" }
         if outputF32 { text += " f32" }
+        if alignment < 256 { text += " align\(alignment)" }
         return text
     }
 
@@ -211,6 +215,14 @@ public final class GemmPlan: @unchecked Sendable {
         var bytes = UInt64(CuBLASLt.workspaceBytes)
         try checkLt(kc_lt.cublasLtMatmulPreferenceSetAttribute!(pref, Int32(KC_CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES), &bytes, 8),
                     "cublasLtMatmulPreferenceSetAttribute")
+        if key.alignment < 256 {
+            var alignment = UInt32(key.alignment)
+            for attribute in [KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                              KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES] {
+                try checkLt(kc_lt.cublasLtMatmulPreferenceSetAttribute!(pref, Int32(attribute), &alignment, 4),
+                            "cublasLtMatmulPreferenceSetAttribute(min alignment)")
+            }
+        }
         var results = [kc_cublasLtMatmulHeuristicResult_t](repeating: kc_cublasLtMatmulHeuristicResult_t(), count: count)
         var returned: Int32 = 0
         try checkLt(kc_lt.cublasLtMatmulAlgoGetHeuristic!(lt.handle, desc, layoutA, layoutB, layoutD, layoutD, pref,
@@ -407,7 +419,8 @@ public final class GemmTuner: @unchecked Sendable {
             return []
         }
         var candidates = try plan.candidates(candidateCount)
-        if exhaustive {
+        // Configurations outside the heuristic's list are checked against layouts only, not pointer alignment.
+        if exhaustive && plan.key.alignment >= 256 {
             for e in try plan.enumerateAll() where !candidates.contains(e) { candidates.append(e) }
             let screened = trials(plan, operands, stream: stream, algorithms: candidates, repeats: 3, rounds: 1)
             candidates = screened.prefix(candidateCount).map(\.algorithm)

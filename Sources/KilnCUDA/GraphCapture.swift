@@ -22,6 +22,8 @@ extension CUDABackend {
     /// The most device memory the pool has held at once.
     public var memoryReservedBytes: Int? { pool.peakReservedBytes }
 
+    public var memoryGeneration: Int { pool.generation }
+
     /// Frees the pool's cached blocks.
     public func releaseCachedMemory() throws {
         try synchronize()

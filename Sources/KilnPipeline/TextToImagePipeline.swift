@@ -16,7 +16,10 @@ public struct PromptEmbeddings {
 /// Mirrors diffusers' `FluxPipeline` step for step.
 public final class TextToImagePipeline<B: Backend> {
     public let backend: B
-    public var transformer: FluxTransformer<B>
+    public var transformer: FluxTransformer<B> {
+        // Captured loops read the old weights.
+        didSet { forgetLoops() }
+    }
     public let decoder: VAEDecoder<B>
     public let vaeConfig: AutoencoderConfig
     public let schedulerConfig: SchedulerConfig
@@ -36,19 +39,37 @@ public final class TextToImagePipeline<B: Backend> {
         case replayed
     }
 
-    /// Loop shapes run eagerly so far: the second run of a shape captures its graph, later runs replay it. (Nothing of
-    /// the eager run is kept: the capture must find every block the eager run used back in the pool.)
-    var seenLoops: Set<LoopKey> = []
-    /// Captured loops by shape.
+    /// Loop shapes run eagerly, with the backend's memory generation at that run: the next run of the shape captures its
+    /// graph if the generation is unchanged. (Nothing of the eager run is kept: the capture must find every block the
+    /// eager run used back in the pool.)
+    var seenLoops: [LoopKey: Int] = [:]
+    /// Captured loops by shape, oldest first in `loopOrder`; at most `maximumCapturedLoops` are kept (each holds its
+    /// intermediates' memory).
     var loops: [LoopKey: CapturedLoop] = [:]
+    var loopOrder: [LoopKey] = []
+    public var maximumCapturedLoops = 2
+
+    func keep(_ loop: CapturedLoop, for key: LoopKey) {
+        loops[key] = loop
+        loopOrder.append(key)
+        while loopOrder.count > maximumCapturedLoops { loops[loopOrder.removeFirst()] = nil }
+    }
+
+    /// Drops every captured loop (their memory returns to the backend's pool).
+    public func forgetLoops() {
+        loops = [:]
+        loopOrder = []
+        seenLoops = [:]
+    }
 
     struct LoopKey: Hashable {
         var batch, rows, columns, textTokens, steps, faults: Int
     }
 
-    /// A captured loop's input tensors (in `denoise`'s input order), rotary tables, output and graph.
+    /// A captured loop's input tensors (in `denoise`'s input order; nil where the model takes no such input), rotary
+    /// tables, output and graph.
     struct CapturedLoop {
-        var inputs: [B.Tensor]
+        var inputs: [B.Tensor?]
         var rope: FluxRotary<B.Tensor>?
         var output: B.Tensor
         var graph: DeviceGraph
@@ -127,8 +148,11 @@ public final class TextToImagePipeline<B: Backend> {
         let key = LoopKey(batch: batch, rows: rows, columns: columns, textTokens: prompt.sequence.shape[1], steps: steps, faults: faults.rawValue)
 
         // A loop seen before with these shapes replays as one graph: new values go into its input buffers.
-        if let loop = loops[key] {
-            for (tensor, host) in zip(loop.inputs, inputs.compactMap { $0 }) { try backend.overwrite(tensor, with: host) }
+        if useGraphs, let loop = loops[key] {
+            precondition(loop.inputs.count == inputs.count)
+            for (tensor, host) in zip(loop.inputs, inputs) {
+                if let tensor, let host { try backend.overwrite(tensor, with: host) }
+            }
             progress?(0, steps)
             try loop.graph.replay()
             lastLoop = .replayed
@@ -141,11 +165,12 @@ public final class TextToImagePipeline<B: Backend> {
             denoisingLoop(latents: tensors[0]!, text: tensors[1]!, pooled: tensors[2]!, timeEmbedding: tensors[3]!,
                           guidanceEmbedding: tensors[4], rope: rope, scheduler: scheduler, batch: batch, progress: progress)
         }
-        // The first run of a shape is eager (it tunes kernels and sizes the memory pool); the second is captured.
-        if seenLoops.contains(key) && useGraphs {
+        // The first run of a shape is eager (it tunes kernels and sizes the memory pool); the next one is captured, if
+        // the pool still holds every block that eager run used.
+        if useGraphs, seenLoops[key] == backend.memoryGeneration {
             var output: B.Tensor?
             if let graph = try backend.capture({ output = run(progress: nil) }) {
-                loops[key] = CapturedLoop(inputs: tensors.compactMap { $0 }, rope: rope, output: output!, graph: graph)
+                keep(CapturedLoop(inputs: tensors, rope: rope, output: output!, graph: graph), for: key)
                 progress?(0, steps)
                 try graph.replay()
                 lastLoop = .captured
@@ -155,7 +180,7 @@ public final class TextToImagePipeline<B: Backend> {
         }
         let output = run(progress: progress)
         lastLoop = .eager
-        seenLoops.insert(key)
+        seenLoops[key] = backend.memoryGeneration
         return LatentPacking.unpack(backend.host(output), height: h, width: w)
     }
 

@@ -83,9 +83,13 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ]))
         }
         let steps = prepared.options.steps ?? pipeline.defaultSteps
-        // The step figure comes from graph replays where there are any, else from eager steps.
+        // The step figure comes from graph replays where there are any, else from eager steps, else from the loop that
+        // was captured (its time includes the capture).
         let replays = loopTimes.filter { $0.mode == .replayed }.map { $0.seconds / Double(steps) }
-        let stepMedian = BenchCommand.median(replays.isEmpty ? eagerSteps : replays)
+        let captured = loopTimes.filter { $0.mode == .captured }.map { $0.seconds / Double(steps) }
+        let (stepSource, stepSamples) = !replays.isEmpty ? ("graph replays (loop time / steps)", replays)
+            : !eagerSteps.isEmpty ? ("eager steps", eagerSteps) : ("the captured run (loop time / steps, capture included)", captured)
+        let stepMedian = BenchCommand.median(stepSamples)
         let config = pipeline.transformer.config
         let (h, w) = prepared.options.latentSize
         let flops = config.stepFLOPs(imageTokens: (h / 2) * (w / 2), textTokens: prepared.prompt.sequence.shape[1])
@@ -103,7 +107,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("load_s", .number(BenchCommand.rounded(loadSeconds - prepared.textEncodingSeconds))),
             ("text_encoders_s", .number(BenchCommand.rounded(prepared.textEncodingSeconds))),
             ("runs", .array(runReports)),
-            ("step_source", .string(replays.isEmpty ? "eager steps" : "graph replays (loop time / steps)")),
+            ("step_source", .string(stepSource)),
             ("eager_step_ms", .array(eagerSteps.map { .number(BenchCommand.rounded($0 * 1000)) })),
             ("step_median_ms", .number(BenchCommand.rounded(stepMedian * 1000))),
             ("step_tflops", .number(BenchCommand.rounded(flops / stepMedian / 1e12))),

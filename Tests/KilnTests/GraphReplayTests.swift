@@ -34,6 +34,8 @@ final class GraphEmulatingBackend: Backend {
     var recording: [Buffer]?
     var replaying: (buffers: [Buffer], next: Int)?
     var captures = 0, replays = 0, hostTransfersInGraphs = 0
+    /// Like CUDA's pool: every capture keeps memory for good, so eager runs before it no longer size the next capture.
+    var memoryGeneration: Int { captures }
     var inGraph: Bool { recording != nil || replaying != nil }
     var name: String { "graph-emulating cpu" }
 
@@ -106,6 +108,30 @@ final class GraphEmulatingBackend: Backend {
 }
 
 final class GraphReplayTests: XCTestCase {
+    /// Two shapes interleaved: a shape whose eager run predates another shape's capture runs eagerly again before it is
+    /// captured; every result still equals the eager CPU pipeline's.
+    func testInterleavedShapesRecaptureSafely() throws {
+        let files = try ModelFiles(path: Fixtures.path("tiny-flux-dev"))
+        let emulated = GraphEmulatingBackend()
+        let graphPipeline = try TextToImagePipeline(files: files, backend: emulated)
+        let eager = try TextToImagePipeline(files: files, backend: CPUBackend())
+        let ref = try Fixtures.reference("pipeline_dev_96x160")
+        let prompt = PromptEmbeddings(sequence: try ref.tensor("prompt_embeds"), pooled: try ref.tensor("pooled_prompt_embeds"))
+        var noise = NoiseGenerator(seed: 4)
+        var modes: [String] = []
+        for run in 0..<6 {
+            var options = GenerationOptions()
+            (options.height, options.width, options.steps) = run % 2 == 0 ? (96, 160, 2) : (64, 64, 2)
+            let latents = HostTensor(shape: [1, 16, options.height / 8, options.width / 8],
+                                     data: noise.normal(16 * (options.height / 8) * (options.width / 8)))
+            XCTAssertEqual(try graphPipeline.denoise(latents: latents, prompt: prompt, options: options),
+                           try eager.denoise(latents: latents, prompt: prompt, options: options), "run \(run)")
+            modes.append(graphPipeline.lastLoop.rawValue)
+        }
+        XCTAssertEqual(modes, ["eager", "eager", "captured", "eager", "replayed", "captured"])
+        XCTAssertEqual(emulated.hostTransfersInGraphs, 0)
+    }
+
     /// The denoising loop runs eagerly once per shape, is captured on the second run and replayed from then on; each
     /// replay computes exactly what the eager CPU pipeline computes for its inputs, and no host transfer happens inside.
     func testLoopIsCapturedOnceAndReplayedWithNewInputs() throws {
