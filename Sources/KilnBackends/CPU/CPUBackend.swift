@@ -133,9 +133,13 @@ public final class CPUBackend: Backend {
             weight.data.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { op in
                     let op = op
-                    parallelFor(rows) { r in
+                    // Rows in parallel, or (few rows, as for conditioning vectors) blocks of output columns.
+                    let columnBlocks = rows >= CPUBackend.threadCount ? 1 : min(n, CPUBackend.threadCount * 4)
+                    let blockWidth = (n + columnBlocks - 1) / columnBlocks
+                    parallelFor(rows * columnBlocks) { item in
+                        let (r, block) = (item / columnBlocks, item % columnBlocks)
                         let row = xp.baseAddress! + r * k
-                        for j in 0..<n {
+                        for j in (block * blockWidth)..<min(n, (block + 1) * blockWidth) {
                             var value = dot(row, wp.baseAddress! + j * k, k)
                             if let bias { value += bias.data[j] }
                             switch kind {
