@@ -101,3 +101,21 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(LatentPacking.unpack(packed, height: 6, width: 10), latents)
     }
 }
+
+extension PipelineTests {
+    /// A batch of two (seeds S and S+1) computes exactly what two single runs with those seeds compute.
+    func testBatchItemsEqualSingleRuns() throws {
+        let pipeline = try RandomModel.tiny.pipeline(backend: CPUBackend())
+        var options = GenerationOptions()
+        (options.width, options.height, options.steps, options.seed, options.batch) = (64, 96, 2, 21, 2)
+        let prompt = RandomModel.tiny.promptEmbeddings(for: "batch", batch: 2)
+        let batched = try pipeline.denoise(latents: pipeline.initialNoise(options), prompt: prompt, options: options).batchItems()
+        options.batch = 1
+        let single = RandomModel.tiny.promptEmbeddings(for: "batch", batch: 1)
+        for item in 0..<2 {
+            options.seed = 21 + UInt64(item)
+            let alone = try pipeline.denoise(latents: pipeline.initialNoise(options), prompt: single, options: options)
+            assertClose(batched[item], alone.batchItems()[0], tolerance: 1e-6, "batch item \(item)")
+        }
+    }
+}
