@@ -44,7 +44,7 @@ struct kc_sdpa_plan {
     int kept;
 };
 
-static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t graph, int config, kc_sdpa_plan *p,
+static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t op, int config, kc_sdpa_plan *p,
                          kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
                          char *message, size_t messageSize);
 
@@ -118,7 +118,7 @@ int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64
         kc_sdpa_destroy(p);
         return s;
     }
-    cudnnBackendDescriptor_t op = NULL, graph = NULL;
+    cudnnBackendDescriptor_t op = NULL;
     TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATION_SDPA_FWD, &op), "create SDPA_FWD operation");
     keep(p, op);
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_Q, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &q), "SDPA Q");
@@ -127,20 +127,21 @@ int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_O, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &o), "SDPA O");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_SCALE, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &scale), "SDPA scale");
     TRY(kc_dnn.cudnnBackendFinalize(op), "finalize SDPA_FWD operation");
+    return kc_dnn_finish(handle, op, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
+}
+
+/// The operation graph of one finalized operation, then engine heuristics (mode A, then FALLBACK); the `config`-th
+/// executable plan goes into `p`.
+static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t op, int config, kc_sdpa_plan *p,
+                         kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
+                         char *message, size_t messageSize) {
+    int s;
+    cudnnBackendDescriptor_t graph = NULL;
     TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATIONGRAPH, &graph), "create operation graph");
     keep(p, graph);
     TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_OPS, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &op), "graph ops");
     TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_HANDLE, DNN_TYPE_HANDLE, 1, &handle), "graph handle");
     TRY(kc_dnn.cudnnBackendFinalize(graph), "finalize operation graph");
-
-    return kc_dnn_finish(handle, graph, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
-}
-
-/// Engine heuristics (mode A, then FALLBACK) for a finalized graph; the `config`-th executable plan goes into `p`.
-static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t graph, int config, kc_sdpa_plan *p,
-                         kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
-                         char *message, size_t messageSize) {
-    int s;
     int modes[2] = {DNN_HEUR_MODE_A, DNN_HEUR_MODE_FALLBACK};
     int executable = 0;
     snprintf(message, messageSize, "no engine config");
@@ -224,7 +225,7 @@ int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_
     int64_t wd[4] = {k, c, r, sz}, ws[4] = {r * sz * c, 1, sz * c, c};
     int64_t yd[4] = {n, k, outH, outW}, ys[4] = {outH * outW * k, 1, outW * k, k};
     int64_t inAlign = c % 8 == 0 ? 16 : 2, outAlign = k % 8 == 0 ? 16 : 2;
-    cudnnBackendDescriptor_t x, f, y, conv = NULL, op = NULL, graph = NULL;
+    cudnnBackendDescriptor_t x, f, y, conv = NULL, op = NULL;
     int s;
     if ((s = make_tensor_aligned(p, &x, UID_X, DNN_DATA_BFLOAT16, xd, xs, 0, inAlign, message, messageSize))
         || (s = make_tensor_aligned(p, &f, UID_W, DNN_DATA_BFLOAT16, wd, ws, 0, inAlign, message, messageSize))
@@ -254,12 +255,7 @@ int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_ALPHA, DNN_TYPE_FLOAT, 1, &alpha), "conv alpha");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_BETA, DNN_TYPE_FLOAT, 1, &beta), "conv beta");
     TRY(kc_dnn.cudnnBackendFinalize(op), "finalize convolution forward");
-    TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATIONGRAPH, &graph), "create operation graph");
-    keep(p, graph);
-    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_OPS, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &op), "graph ops");
-    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_HANDLE, DNN_TYPE_HANDLE, 1, &handle), "graph handle");
-    TRY(kc_dnn.cudnnBackendFinalize(graph), "finalize operation graph");
-    return kc_dnn_finish(handle, graph, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
+    return kc_dnn_finish(handle, op, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
 }
 
 int kc_conv_execute(cudnnHandle_t handle, const kc_sdpa_plan *p, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,

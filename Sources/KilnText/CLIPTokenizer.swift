@@ -114,18 +114,13 @@ public final class CLIPTokenizer: PromptTokenizer {
     }
 
     public func contentIds(_ text: String) -> [Int] {
-        var ids: [Int] = []
-        for part in added.split(text) {
-            switch part {
-            case let .special(id): ids.append(id)
-            case let .text(segment):
-                let normalized = TextUnicode.lowercased(TextUnicode.nfc(segment))
-                for piece in CLIPTokenizer.pretokenize(normalized) {
-                    for word in CLIPTokenizer.byteLevelSplit(piece) { ids += bpe(Array(word.utf8)) }
-                }
+        added.ids(text) { segment in
+            var ids: [Int] = []
+            for piece in CLIPTokenizer.pretokenize(TextUnicode.lowercased(TextUnicode.nfc(segment))) {
+                for word in CLIPTokenizer.byteLevelSplit(piece) { ids += bpe(Array(word.utf8)) }
             }
+            return ids
         }
-        return ids
     }
 
     /// CLIP's pattern, applied to normalized text: the pieces it matches, in order.

@@ -141,31 +141,27 @@ public final class T5Tokenizer: PromptTokenizer {
     }
 
     public func contentIds(_ text: String) -> [Int] {
-        var ids: [Int] = []
-        for part in added.split(text) {
-            switch part {
-            case let .special(id): ids.append(id)
-            case let .text(segment):
-                let normalized = charsmap?.normalize(segment) ?? String(segment)
-                for word in normalized.unicodeScalars.split(whereSeparator: TextUnicode.isWhitespace) {
-                    var bytes = Array(Substring(word).utf8)
-                    if !bytes.starts(with: T5Tokenizer.metaspace) { bytes = T5Tokenizer.metaspace + bytes }
-                    // Split before every ▁ (tokenizers' Metaspace with split: true).
-                    var start = 0
-                    var i = 3
-                    while i <= bytes.count {
-                        if i == bytes.count || bytes[i..<min(i + 3, bytes.count)].elementsEqual(T5Tokenizer.metaspace) {
-                            ids += viterbi(bytes[start..<i])
-                            start = i
-                            i += 3
-                        } else {
-                            i += 1
-                        }
+        added.ids(text) { segment in
+            var ids: [Int] = []
+            let normalized = charsmap?.normalize(segment) ?? String(segment)
+            for word in normalized.unicodeScalars.split(whereSeparator: TextUnicode.isWhitespace) {
+                var bytes = Array(Substring(word).utf8)
+                if !bytes.starts(with: T5Tokenizer.metaspace) { bytes = T5Tokenizer.metaspace + bytes }
+                // Split before every ▁ (tokenizers' Metaspace with split: true).
+                var start = 0
+                var i = 3
+                while i <= bytes.count {
+                    if i == bytes.count || bytes[i..<min(i + 3, bytes.count)].elementsEqual(T5Tokenizer.metaspace) {
+                        ids += viterbi(bytes[start..<i])
+                        start = i
+                        i += 3
+                    } else {
+                        i += 1
                     }
                 }
             }
+            return ids
         }
-        return ids
     }
 
     static let metaspace: [UInt8] = Array("\u{2581}".utf8)

@@ -33,8 +33,8 @@ extension Backend {
     public func attentionWithBias(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float,
                                   bias: AttentionBias<Tensor>) -> Tensor {
         guard let lanes = bias.lanes else {
-            guard let q = q as? HostTensor, let k = k as? HostTensor, let v = v as? HostTensor,
-                  let result = HostAttention.biased(q: q, k: k, v: v, heads: heads, scale: scale, bias: bias.bias) as? Tensor else {
+            guard let cpu = self as? CPUBackend, let q = q as? HostTensor, let k = k as? HostTensor, let v = v as? HostTensor,
+                  let result = cpu.attention(q: q, k: k, v: v, heads: heads, scale: scale, bias: bias.bias) as? Tensor else {
                 preconditionFailure("an unwidened attention bias needs host tensors (the CPU backend)")
             }
             return result
@@ -82,57 +82,6 @@ public struct AttentionBias<Tensor> {
     public let bias: HostTensor
     /// The widened lanes, for backends without a native biased attention.
     public let lanes: AttentionBiasLanes.Uploaded<Tensor>?
-}
-
-/// Attention with an additive bias on host tensors (what a backend's native op would compute), fp32.
-enum HostAttention {
-    static func biased(q: HostTensor, k: HostTensor, v: HostTensor, heads: Int, scale: Float, bias: HostTensor) -> HostTensor {
-        let (batch, length, width) = (q.shape[0], q.shape[1], q.shape[2])
-        precondition(k.shape == q.shape && v.shape == q.shape, "attention: q \(q.shape) k \(k.shape) v \(v.shape)")
-        precondition(bias.shape == [heads, length, length] || bias.shape == [1, length, length], "attention bias \(bias.shape)")
-        let d = width / heads
-        let shared = bias.shape[0] == 1
-        var out = [Float](repeating: 0, count: q.count)
-        var scores = [Float](repeating: 0, count: length)
-        q.data.withUnsafeBufferPointer { qp in
-            k.data.withUnsafeBufferPointer { kp in
-                v.data.withUnsafeBufferPointer { vp in
-                    bias.data.withUnsafeBufferPointer { bp in
-                        out.withUnsafeMutableBufferPointer { op in
-                            for b in 0..<batch {
-                                for h in 0..<heads {
-                                    for i in 0..<length {
-                                        let query = qp.baseAddress! + (b * length + i) * width + h * d
-                                        let biasRow = bp.baseAddress! + ((shared ? 0 : h) * length + i) * length
-                                        var maximum = -Float.infinity
-                                        for j in 0..<length {
-                                            let key = kp.baseAddress! + (b * length + j) * width + h * d
-                                            var dot: Float = 0
-                                            for e in 0..<d { dot += query[e] * key[e] }
-                                            scores[j] = dot * scale + biasRow[j]
-                                            maximum = max(maximum, scores[j])
-                                        }
-                                        var total: Float = 0
-                                        for j in 0..<length {
-                                            scores[j] = scores[j] == -.infinity ? 0 : exp(scores[j] - maximum)
-                                            total += scores[j]
-                                        }
-                                        let target = op.baseAddress! + (b * length + i) * width + h * d
-                                        for j in 0..<length where scores[j] != 0 {
-                                            let p = scores[j] / total
-                                            let value = vp.baseAddress! + (b * length + j) * width + h * d
-                                            for e in 0..<d { target[e] += p * value[e] }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        return HostTensor(shape: q.shape, data: out)
-    }
 }
 
 /// The extra lanes that fold an additive attention bias into plain attention (see `attentionWithBias`).

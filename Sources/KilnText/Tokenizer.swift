@@ -61,6 +61,18 @@ struct AddedTokens {
         case special(Int)
     }
 
+    /// Ids of `text`: added tokens as their ids, the text between them through `encode`.
+    func ids(_ text: String, encode: (Substring) -> [Int]) -> [Int] {
+        var ids: [Int] = []
+        for part in split(text) {
+            switch part {
+            case let .special(id): ids.append(id)
+            case let .text(segment): ids += encode(segment)
+            }
+        }
+        return ids
+    }
+
     func split(_ text: String) -> [Part] {
         if tokens.isEmpty { return [.text(text[...])] }
         let bytes = Array(text.utf8)

@@ -157,11 +157,30 @@ public final class CPUBackend: Backend {
     }
 
     public func attention(q: HostTensor, k: HostTensor, v: HostTensor, heads: Int, scale: Float?, keyMask: HostTensor?) -> HostTensor {
+        let keys = k.shape[1]
+        return attention(q: q, k: k, v: v, heads: heads, scale: scale ?? 1 / Float(q.shape[2] / heads).squareRoot()) { b, _, _, j in
+            keyMask.map { $0.data[b * keys + j] != 0 ? 0 : -.infinity } ?? 0
+        }
+    }
+
+    /// Attention whose scores get an additive bias `[H, Lq, Lk]` (or `[1, Lq, Lk]` for all heads) before the softmax:
+    /// T5's relative positions, CLIP's causal mask (-infinity masks).
+    public func attention(q: HostTensor, k: HostTensor, v: HostTensor, heads: Int, scale: Float, bias: HostTensor) -> HostTensor {
+        let (queries, keys) = (q.shape[1], k.shape[1])
+        precondition(bias.shape == [heads, queries, keys] || bias.shape == [1, queries, keys], "attention bias \(bias.shape)")
+        let shared = bias.shape[0] == 1
+        return attention(q: q, k: k, v: v, heads: heads, scale: scale) { _, h, i, j in
+            bias.data[((shared ? 0 : h) * queries + i) * keys + j]
+        }
+    }
+
+    /// `softmax(scale · q·kᵀ + scoreBias(b, h, i, j)) · v` per head; -infinity excludes a key.
+    func attention(q: HostTensor, k: HostTensor, v: HostTensor, heads: Int, scale softmaxScale: Float,
+                   scoreBias: (Int, Int, Int, Int) -> Float) -> HostTensor {
         let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
         let keys = k.shape[1]
         precondition(k.shape == [batch, keys, width] && v.shape == k.shape, "attention: q \(q.shape) k \(k.shape) v \(v.shape)")
         let d = width / heads
-        let softmaxScale = scale ?? 1 / Float(d).squareRoot()
         // Gather K and V per head so each query reads contiguous rows.
         var kh = [Float](repeating: 0, count: k.count)
         var vh = [Float](repeating: 0, count: v.count)
@@ -192,8 +211,10 @@ public final class CPUBackend: Backend {
                             let valueBase = vp.baseAddress! + (b * heads + h) * keys * d
                             var scores = [Float](repeating: -.infinity, count: keys)
                             var maximum = -Float.infinity
-                            for j in 0..<keys where keyMask.map({ $0.data[b * keys + j] != 0 }) ?? true {
-                                scores[j] = dot(query, keyBase + j * d, d) * softmaxScale
+                            for j in 0..<keys {
+                                let bias = scoreBias(b, h, i, j)
+                                if bias == -.infinity { continue }
+                                scores[j] = dot(query, keyBase + j * d, d) * softmaxScale + bias
                                 maximum = max(maximum, scores[j])
                             }
                             var total: Float = 0

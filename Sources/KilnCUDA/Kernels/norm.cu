@@ -36,8 +36,18 @@ extern "C" __global__ void rmsnorm_bf16(bf16 *out, const bf16 *x, const bf16 *we
     for (int c = lane; c < channels; c += 32) o[c] = f2bf(bf2f(xr[c]) * inv * bf2f(weight[c]));
 }
 
+/// Mean and 1/sqrt(variance + eps) of one bf16 row, the block's threads striding over it (two passes, fp32).
+__device__ __forceinline__ void block_row_moments(const bf16 *xr, int channels, float eps, float *scratch, float &mean, float &inv) {
+    float sum = 0.f;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) sum += bf2f(xr[c]);
+    mean = block_sum(sum, scratch) / channels;
+    float sq = 0.f;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) { float d = bf2f(xr[c]) - mean; sq += d * d; }
+    inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
+}
+
 /// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C]. Block of 256 threads per row,
-/// the row kept in registers (C <= 256 * 16); 16-byte loads when C % 8 == 0.
+/// statistics in fp32.
 extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *out, const bf16 *x, const bf16 *shift, const bf16 *scale,
                                                    float eps, u64 rowsPerBatch, int channels) {
     __shared__ float scratch[32];
@@ -46,12 +56,8 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *
     const bf16 *xr = x + row * channels;
     const bf16 *sh = shift + b * channels, *sc = scale + b * channels;
     bf16 *o = out + row * channels;
-    float sum = 0.f;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) sum += bf2f(xr[c]);
-    const float mean = block_sum(sum, scratch) / channels;
-    float sq = 0.f;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) { float d = bf2f(xr[c]) - mean; sq += d * d; }
-    const float inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
+    float mean, inv;
+    block_row_moments(xr, channels, eps, scratch, mean, inv);
     for (int c = threadIdx.x; c < channels; c += blockDim.x)
         o[c] = f2bf((bf2f(xr[c]) - mean) * inv * (1.f + bf2f(sc[c])) + bf2f(sh[c]));
 }
@@ -65,12 +71,8 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
     const u64 b = row / rowsPerBatch;
     const bf16 *xr = x + row * channels;
     const bf16 *sh = shift + b * channels, *sc = scale + b * channels;
-    float sum = 0.f;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) sum += bf2f(xr[c]);
-    const float mean = block_sum(sum, scratch) / channels;
-    float sq = 0.f;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) { float d = bf2f(xr[c]) - mean; sq += d * d; }
-    const float inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
+    float mean, inv;
+    block_row_moments(xr, channels, eps, scratch, mean, inv);
     float amax = 0.f;
     for (int c = threadIdx.x; c < channels; c += blockDim.x) {
         float v = bf2f(f2bf((bf2f(xr[c]) - mean) * inv * (1.f + bf2f(sc[c])) + bf2f(sh[c])));
