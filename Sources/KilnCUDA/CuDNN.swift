@@ -55,20 +55,29 @@ public final class CuDNN: @unchecked Sendable {
         let shape = Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)
         if let p = plans[shape] { return p }
         if failures[shape] != nil { return nil }
+        let (plan, failure) = CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
+            kc_sdpa_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, raw,
+                           workspace, count, info, infoSize, message, messageSize)
+        }
+        plans[shape] = plan
+        failures[shape] = failure
+        return plan
+    }
+
+    /// Runs one of sdpa.c's plan builders with its output buffers: the plan, or cuDNN's reason for having none.
+    private static func build(_ create: (UnsafeMutablePointer<OpaquePointer?>, UnsafeMutablePointer<Int64>, UnsafeMutablePointer<Int32>,
+                                         UnsafeMutablePointer<CChar>, Int, UnsafeMutablePointer<CChar>, Int) -> Int32)
+        -> (plan: Plan?, failure: String?) {
         var raw: OpaquePointer?
         var workspace: Int64 = 0
         var count: Int32 = 0
         var info = [CChar](repeating: 0, count: 2048)
         var message = [CChar](repeating: 0, count: 1024)
-        let status = kc_sdpa_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, &raw,
-                                    &workspace, &count, &info, info.count, &message, message.count)
-        guard status == 0, let raw else {
-            failures[shape] = String(cString: message)
-            return nil
+        let status = info.withUnsafeMutableBufferPointer { i in
+            message.withUnsafeMutableBufferPointer { m in create(&raw, &workspace, &count, i.baseAddress!, i.count, m.baseAddress!, m.count) }
         }
-        let p = Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info))
-        plans[shape] = p
-        return p
+        guard status == 0, let raw else { return (nil, String(cString: message)) }
+        return (Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info)), nil)
     }
 
     struct ConvShape: Hashable { var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int }
@@ -83,22 +92,15 @@ public final class CuDNN: @unchecked Sendable {
                               top: padding.top, left: padding.left, bottom: padding.bottom, right: padding.right)
         if let p = convPlans[shape] { return p }
         if convFailures[shape] != nil { return nil }
-        var raw: OpaquePointer?
-        var workspace: Int64 = 0
-        var count: Int32 = 0
-        var info = [CChar](repeating: 0, count: 2048)
-        var message = [CChar](repeating: 0, count: 1024)
-        let status = kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
-                                    Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
-                                    Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth), 0, &raw,
-                                    &workspace, &count, &info, info.count, &message, message.count)
-        guard status == 0, let raw else {
-            convFailures[shape] = String(cString: message)
-            return nil
+        let (plan, failure) = CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
+            kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
+                           Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
+                           Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth), 0, raw,
+                           workspace, count, info, infoSize, message, messageSize)
         }
-        let p = Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info))
-        convPlans[shape] = p
-        return p
+        convPlans[shape] = plan
+        convFailures[shape] = failure
+        return plan
     }
 
     public var convolutionFailures: [String] { convFailures.values.sorted() }
