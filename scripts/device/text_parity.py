@@ -27,18 +27,29 @@ T5 = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, nu
 PROMPT = "a photograph of a red kiln at dusk, embers glowing, 35mm, shallow depth of field"
 
 
-def build(model_class, config):
+def build(model_class, config, layers):
+    """Random weights that keep activations O(1) through depth, so BF16 rounding is measured rather than chaos: fan-in
+    scaling, T5's query folded with 1/sqrt(d_kv) (T5 does not scale its scores), and the projections that feed the
+    residual stream scaled by 1/sqrt(2 * layers)."""
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("meta"):
         model = model_class(config)
     torch.set_default_dtype(torch.float32)
     model = model.to_empty(device="cuda")
+    residual = (2 * layers) ** -0.5
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "embed" in name or "relative_attention_bias" in name:
+            if "relative_attention_bias" in name:
+                p.normal_(0, 0.1)
+            elif "embed" in name:
                 p.normal_(0, 1)
             elif p.dim() >= 2:
-                p.normal_(0, p.shape[1] ** -0.5)
+                std = p.shape[1] ** -0.5
+                if name.endswith(".q.weight"):
+                    std *= config.d_kv ** -0.5
+                if any(part in name for part in (".o.weight", ".wo.weight", "out_proj.weight", "fc2.weight")):
+                    std *= residual
+                p.normal_(0, std)
             elif name.endswith("bias"):
                 p.zero_()
             else:
@@ -61,8 +72,8 @@ def main():
     for part in ("tokenizer", "tokenizer_2"):
         shutil.copytree(os.path.join("fixtures/text", part), os.path.join(folder, part), dirs_exist_ok=True)
     torch.manual_seed(0)
-    clip = build(CLIPTextModel, CLIPTextConfig(**CLIP))
-    t5 = build(T5EncoderModel, T5Config(**T5))
+    clip = build(CLIPTextModel, CLIPTextConfig(**CLIP), CLIP["num_hidden_layers"])
+    t5 = build(T5EncoderModel, T5Config(**T5), T5["num_layers"])
     clip.save_pretrained(os.path.join(folder, "text_encoder"))
     t5.save_pretrained(os.path.join(folder, "text_encoder_2"), max_shard_size="5GB")
 
