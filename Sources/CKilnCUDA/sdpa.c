@@ -25,7 +25,8 @@ enum {
     DNN_HEUR_MODE_FALLBACK = 2, DNN_HEUR_MODE_A = 3,
 };
 
-enum { UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SCALE = 5, UID_X = 11, UID_W = 12, UID_Y = 13 };
+enum { UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SCALE = 5, UID_X = 11, UID_W = 12, UID_Y = 13, UID_BIAS = 14,
+       UID_RESIDUAL = 15, UID_CONV_OUT = 21, UID_BIASED = 22 };
 enum {
     DNN_CONVOLUTION = 1, DNN_OPERATION_CONVOLUTION_FORWARD = 10, DNN_TYPE_FLOAT = 4, DNN_TYPE_CONVOLUTION_MODE = 7,
     DNN_CROSS_CORRELATION = 1,
@@ -34,17 +35,24 @@ enum {
     DNN_ATTR_CONVOLUTION_PRE_PADDINGS = 105, DNN_ATTR_CONVOLUTION_SPATIAL_DIMS = 106,
     DNN_ATTR_CONV_FWD_ALPHA = 700, DNN_ATTR_CONV_FWD_BETA = 701, DNN_ATTR_CONV_FWD_CONV_DESC = 702,
     DNN_ATTR_CONV_FWD_W = 703, DNN_ATTR_CONV_FWD_X = 704, DNN_ATTR_CONV_FWD_Y = 705,
+    DNN_POINTWISE = 0, DNN_OPERATION_POINTWISE = 13, DNN_TYPE_POINTWISE_MODE = 14, DNN_POINTWISE_ADD = 0,
+    DNN_ATTR_POINTWISE_MODE = 0, DNN_ATTR_POINTWISE_MATH_PREC = 1,
+    DNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR = 750, DNN_ATTR_OPERATION_POINTWISE_XDESC = 751,
+    DNN_ATTR_OPERATION_POINTWISE_BDESC = 752, DNN_ATTR_OPERATION_POINTWISE_YDESC = 753,
 };
+enum { TENSOR_BY_VALUE = 1, TENSOR_VIRTUAL = 2 };
+#define KC_MAX_OPS 3
 #define KC_SDPA_MAX_CONFIGS 16
-#define KC_SDPA_KEEP 32
+#define KC_SDPA_KEEP 64
 
 struct kc_sdpa_plan {
     cudnnBackendDescriptor_t plan;
+    int hasBias, hasResidual;  // convolution plans: the fused epilogue's extra inputs
     cudnnBackendDescriptor_t keep[KC_SDPA_KEEP];
     int kept;
 };
 
-static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t op, int config, kc_sdpa_plan *p,
+static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t *ops, int opCount, int config, kc_sdpa_plan *p,
                          kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
                          char *message, size_t messageSize);
 
@@ -70,12 +78,12 @@ static int fail(int status, const char *step, char *message, size_t size) {
 #define TRY(call, step) do { int s_ = (call); if (s_) { fail(s_, step, message, messageSize); kc_sdpa_destroy(p); return s_; } } while (0)
 
 static int make_tensor_aligned(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t uid, int type, const int64_t *dims,
-                               const int64_t *strides, int byValue, int64_t alignment, char *message, size_t messageSize) {
+                               const int64_t *strides, int flags, int64_t alignment, char *message, size_t messageSize) {
     cudnnBackendDescriptor_t t = NULL;
     int s = kc_dnn.cudnnBackendCreateDescriptor(DNN_TENSOR, &t);
     if (s) return fail(s, "create tensor", message, messageSize);
     keep(p, t);
-    _Bool virt = 0;
+    _Bool virt = (flags & TENSOR_VIRTUAL) != 0;
     if ((s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_DATA_TYPE, DNN_TYPE_DATA_TYPE, 1, &type))
         || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_DIMENSIONS, DNN_TYPE_INT64, 4, dims))
         || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_STRIDES, DNN_TYPE_INT64, 4, strides))
@@ -83,7 +91,7 @@ static int make_tensor_aligned(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, i
         || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_BYTE_ALIGNMENT, DNN_TYPE_INT64, 1, &alignment))
         || (s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_IS_VIRTUAL, DNN_TYPE_BOOLEAN, 1, &virt)))
         return fail(s, "tensor attributes", message, messageSize);
-    if (byValue) {
+    if (flags & TENSOR_BY_VALUE) {
         _Bool yes = 1;
         if ((s = kc_dnn.cudnnBackendSetAttribute(t, DNN_ATTR_TENSOR_IS_BY_VALUE, DNN_TYPE_BOOLEAN, 1, &yes)))
             return fail(s, "tensor by value", message, messageSize);
@@ -94,8 +102,8 @@ static int make_tensor_aligned(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, i
 }
 
 static int make_tensor(kc_sdpa_plan *p, cudnnBackendDescriptor_t *out, int64_t uid, int type, const int64_t *dims,
-                       const int64_t *strides, int byValue, char *message, size_t messageSize) {
-    return make_tensor_aligned(p, out, uid, type, dims, strides, byValue, 16, message, messageSize);
+                       const int64_t *strides, int flags, char *message, size_t messageSize) {
+    return make_tensor_aligned(p, out, uid, type, dims, strides, flags, 16, message, messageSize);
 }
 
 int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64_t sk, int64_t d, int config,
@@ -114,7 +122,7 @@ int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64
         || (s = make_tensor(p, &k, UID_K, DNN_DATA_BFLOAT16, kd, ks, 0, message, messageSize))
         || (s = make_tensor(p, &v, UID_V, DNN_DATA_BFLOAT16, kd, ks, 0, message, messageSize))
         || (s = make_tensor(p, &o, UID_O, DNN_DATA_BFLOAT16, qd, qs, 0, message, messageSize))
-        || (s = make_tensor(p, &scale, UID_SCALE, DNN_DATA_FLOAT, one, one, 1, message, messageSize))) {
+        || (s = make_tensor(p, &scale, UID_SCALE, DNN_DATA_FLOAT, one, one, TENSOR_BY_VALUE, message, messageSize))) {
         kc_sdpa_destroy(p);
         return s;
     }
@@ -127,19 +135,19 @@ int kc_sdpa_create(cudnnHandle_t handle, int64_t b, int64_t h, int64_t sq, int64
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_O, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &o), "SDPA O");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_SDPA_FWD_SCALE, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &scale), "SDPA scale");
     TRY(kc_dnn.cudnnBackendFinalize(op), "finalize SDPA_FWD operation");
-    return kc_dnn_finish(handle, op, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
+    return kc_dnn_finish(handle, &op, 1, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
 }
 
-/// The operation graph of one finalized operation, then engine heuristics (mode A, then FALLBACK); the `config`-th
+/// The operation graph of finalized operations, then engine heuristics (mode A, then FALLBACK); the `config`-th
 /// executable plan goes into `p`.
-static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t op, int config, kc_sdpa_plan *p,
+static int kc_dnn_finish(cudnnHandle_t handle, cudnnBackendDescriptor_t *ops, int opCount, int config, kc_sdpa_plan *p,
                          kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize,
                          char *message, size_t messageSize) {
     int s;
     cudnnBackendDescriptor_t graph = NULL;
     TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATIONGRAPH, &graph), "create operation graph");
     keep(p, graph);
-    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_OPS, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &op), "graph ops");
+    TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_OPS, DNN_TYPE_BACKEND_DESCRIPTOR, opCount, ops), "graph ops");
     TRY(kc_dnn.cudnnBackendSetAttribute(graph, DNN_ATTR_OPERATIONGRAPH_HANDLE, DNN_TYPE_HANDLE, 1, &handle), "graph handle");
     TRY(kc_dnn.cudnnBackendFinalize(graph), "finalize operation graph");
     int modes[2] = {DNN_HEUR_MODE_A, DNN_HEUR_MODE_FALLBACK};
@@ -213,26 +221,61 @@ int kc_sdpa_execute(cudnnHandle_t handle, const kc_sdpa_plan *p, CUdeviceptr q, 
     return s ? fail(s, "cudnnBackendExecute(SDPA)", message, messageSize) : 0;
 }
 
+/// y = a + b (fp32 math) as a pointwise operation.
+static int pointwise_add(kc_sdpa_plan *p, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y,
+                         cudnnBackendDescriptor_t *out, char *message, size_t messageSize) {
+#define CHECK(call, step) do { int s_ = (call); if (s_) return fail(s_, step, message, messageSize); } while (0)
+    cudnnBackendDescriptor_t mode = NULL, op = NULL;
+    int add = DNN_POINTWISE_ADD, precision = DNN_DATA_FLOAT;
+    CHECK(kc_dnn.cudnnBackendCreateDescriptor(DNN_POINTWISE, &mode), "create pointwise");
+    keep(p, mode);
+    CHECK(kc_dnn.cudnnBackendSetAttribute(mode, DNN_ATTR_POINTWISE_MODE, DNN_TYPE_POINTWISE_MODE, 1, &add), "pointwise mode");
+    CHECK(kc_dnn.cudnnBackendSetAttribute(mode, DNN_ATTR_POINTWISE_MATH_PREC, DNN_TYPE_DATA_TYPE, 1, &precision), "pointwise precision");
+    CHECK(kc_dnn.cudnnBackendFinalize(mode), "finalize pointwise");
+    CHECK(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATION_POINTWISE, &op), "create pointwise operation");
+    keep(p, op);
+    CHECK(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &mode), "pointwise descriptor");
+    CHECK(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_OPERATION_POINTWISE_XDESC, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &a), "pointwise X");
+    CHECK(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_OPERATION_POINTWISE_BDESC, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &b), "pointwise B");
+    CHECK(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_OPERATION_POINTWISE_YDESC, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &y), "pointwise Y");
+    CHECK(kc_dnn.cudnnBackendFinalize(op), "finalize pointwise operation");
+    *out = op;
+    return 0;
+#undef CHECK
+}
+
 int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int64_t sz,
                    int64_t stride, int64_t padTop, int64_t padLeft, int64_t padBottom, int64_t padRight,
-                   int64_t outH, int64_t outW, int config, kc_sdpa_plan **out, int64_t *workspaceBytes, int *configCount,
-                   char *info, size_t infoSize, char *message, size_t messageSize) {
+                   int64_t outH, int64_t outW, int withBias, int withResidual, int config, kc_sdpa_plan **out,
+                   int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize, char *message, size_t messageSize) {
     *out = NULL;
     if (!kc_loaded(KC_LIB_CUDNN)) { snprintf(message, messageSize, "cuDNN not loaded"); return -1; }
     kc_sdpa_plan *p = calloc(1, sizeof *p);
+    p->hasBias = withBias;
+    p->hasResidual = withResidual;
     // NCHW dimensions over NHWC memory; the filter [K, C, R, S] over KRSC memory (Kiln's [O, kh, kw, I]).
     int64_t xd[4] = {n, c, h, w}, xs[4] = {h * w * c, 1, w * c, c};
     int64_t wd[4] = {k, c, r, sz}, ws[4] = {r * sz * c, 1, sz * c, c};
     int64_t yd[4] = {n, k, outH, outW}, ys[4] = {outH * outW * k, 1, outW * k, k};
+    int64_t bd[4] = {1, k, 1, 1}, bs[4] = {k, 1, k, k};
     int64_t inAlign = c % 8 == 0 ? 16 : 2, outAlign = k % 8 == 0 ? 16 : 2;
-    cudnnBackendDescriptor_t x, f, y, conv = NULL, op = NULL;
+    // The convolution writes Y directly, or fp32 virtual tensors carry it through the fused + bias, + residual.
+    const int fused = withBias + withResidual;
+    cudnnBackendDescriptor_t x, f, y, convOut, biased = NULL, bias = NULL, residual = NULL, conv = NULL;
+    cudnnBackendDescriptor_t ops[KC_MAX_OPS];
+    int opCount = 0;
     int s;
     if ((s = make_tensor_aligned(p, &x, UID_X, DNN_DATA_BFLOAT16, xd, xs, 0, inAlign, message, messageSize))
         || (s = make_tensor_aligned(p, &f, UID_W, DNN_DATA_BFLOAT16, wd, ws, 0, inAlign, message, messageSize))
-        || (s = make_tensor_aligned(p, &y, UID_Y, DNN_DATA_BFLOAT16, yd, ys, 0, outAlign, message, messageSize))) {
+        || (s = make_tensor_aligned(p, &y, UID_Y, DNN_DATA_BFLOAT16, yd, ys, 0, outAlign, message, messageSize))
+        || (fused && (s = make_tensor_aligned(p, &convOut, UID_CONV_OUT, DNN_DATA_FLOAT, yd, ys, TENSOR_VIRTUAL, 16, message, messageSize)))
+        || (fused == 2 && (s = make_tensor_aligned(p, &biased, UID_BIASED, DNN_DATA_FLOAT, yd, ys, TENSOR_VIRTUAL, 16, message, messageSize)))
+        || (withBias && (s = make_tensor_aligned(p, &bias, UID_BIAS, DNN_DATA_BFLOAT16, bd, bs, 0, outAlign, message, messageSize)))
+        || (withResidual && (s = make_tensor_aligned(p, &residual, UID_RESIDUAL, DNN_DATA_BFLOAT16, yd, ys, 0, outAlign, message, messageSize)))) {
         kc_sdpa_destroy(p);
         return s;
     }
+    if (!fused) convOut = y;
     int64_t dims = 2, dil[2] = {1, 1}, str[2] = {stride, stride}, pre[2] = {padTop, padLeft}, post[2] = {padBottom, padRight};
     int comp = DNN_DATA_FLOAT, mode = DNN_CROSS_CORRELATION;
     TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_CONVOLUTION, &conv), "create convolution");
@@ -246,28 +289,42 @@ int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_
     TRY(kc_dnn.cudnnBackendSetAttribute(conv, DNN_ATTR_CONVOLUTION_POST_PADDINGS, DNN_TYPE_INT64, 2, post), "conv post-paddings");
     TRY(kc_dnn.cudnnBackendFinalize(conv), "finalize convolution");
     float alpha = 1.f, beta = 0.f;
+    cudnnBackendDescriptor_t op = NULL;
     TRY(kc_dnn.cudnnBackendCreateDescriptor(DNN_OPERATION_CONVOLUTION_FORWARD, &op), "create convolution forward");
     keep(p, op);
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_X, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &x), "conv X");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_W, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &f), "conv W");
-    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_Y, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &y), "conv Y");
+    TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_Y, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &convOut), "conv Y");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_CONV_DESC, DNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv), "conv desc");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_ALPHA, DNN_TYPE_FLOAT, 1, &alpha), "conv alpha");
     TRY(kc_dnn.cudnnBackendSetAttribute(op, DNN_ATTR_CONV_FWD_BETA, DNN_TYPE_FLOAT, 1, &beta), "conv beta");
     TRY(kc_dnn.cudnnBackendFinalize(op), "finalize convolution forward");
-    return kc_dnn_finish(handle, op, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
+    ops[opCount++] = op;
+    cudnnBackendDescriptor_t last = convOut;
+    if (withBias) {
+        cudnnBackendDescriptor_t target = withResidual ? biased : y;
+        if ((s = pointwise_add(p, last, bias, target, &ops[opCount++], message, messageSize))) { kc_sdpa_destroy(p); return s; }
+        last = target;
+    }
+    if (withResidual) {
+        if ((s = pointwise_add(p, last, residual, y, &ops[opCount++], message, messageSize))) { kc_sdpa_destroy(p); return s; }
+    }
+    return kc_dnn_finish(handle, ops, opCount, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
 }
 
 int kc_conv_execute(cudnnHandle_t handle, const kc_sdpa_plan *p, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,
-                    CUdeviceptr workspace, char *message, size_t messageSize) {
+                    CUdeviceptr bias, CUdeviceptr residual, CUdeviceptr workspace, char *message, size_t messageSize) {
     cudnnBackendDescriptor_t pack = NULL;
     int s = kc_dnn.cudnnBackendCreateDescriptor(DNN_VARIANT_PACK, &pack);
     if (s) return fail(s, "create variant pack", message, messageSize);
-    int64_t uids[3] = {UID_X, UID_W, UID_Y};
-    void *pointers[3] = {(void *)(uintptr_t)x, (void *)(uintptr_t)w, (void *)(uintptr_t)y};
+    int64_t uids[5] = {UID_X, UID_W, UID_Y};
+    void *pointers[5] = {(void *)(uintptr_t)x, (void *)(uintptr_t)w, (void *)(uintptr_t)y};
+    int64_t count = 3;
+    if (p->hasBias) { uids[count] = UID_BIAS; pointers[count++] = (void *)(uintptr_t)bias; }
+    if (p->hasResidual) { uids[count] = UID_RESIDUAL; pointers[count++] = (void *)(uintptr_t)residual; }
     void *ws = (void *)(uintptr_t)workspace;
-    if ((s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_UNIQUE_IDS, DNN_TYPE_INT64, 3, uids))
-        || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_DATA_POINTERS, DNN_TYPE_VOID_PTR, 3, pointers))
+    if ((s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_UNIQUE_IDS, DNN_TYPE_INT64, count, uids))
+        || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_DATA_POINTERS, DNN_TYPE_VOID_PTR, count, pointers))
         || (s = kc_dnn.cudnnBackendSetAttribute(pack, DNN_ATTR_VARIANT_PACK_WORKSPACE, DNN_TYPE_VOID_PTR, 1, &ws))
         || (s = kc_dnn.cudnnBackendFinalize(pack))) {
         kc_dnn.cudnnBackendDestroyDescriptor(pack);

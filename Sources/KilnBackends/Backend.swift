@@ -119,6 +119,8 @@ public protocol Backend: AnyObject {
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
     func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
                     rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor)
+    /// `residual + conv2d(x)`: a resnet's second convolution with its skip connection in the epilogue.
+    func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor
 }
 
 /// Device work recorded once and replayed with one launch (a CUDA graph).
@@ -173,6 +175,10 @@ extension Backend {
 
     public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
         add(x, scaleChannels(y, by: gate))
+    }
+
+    public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor {
+        add(residual, conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding))
     }
 
     public func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,

@@ -203,6 +203,9 @@ public final class CUDABackend: Backend {
     /// Grid for a grid-stride elementwise kernel over `n` elements.
     func elementwiseGrid(_ n: Int) -> (Int, Int, Int) { (max(1, min((n + 255) / 256, device.multiprocessors * 16)), 1, 1) }
 
+    /// The grid for kernels that move 8-element chunks per thread (`FOR_CHUNKS` in kiln_common.cuh).
+    func chunkGrid(_ n: Int) -> (Int, Int, Int) { elementwiseGrid((n + 7) / 8) }
+
     public func empty(_ shape: [Int], _ type: DeviceType = .bf16) throws -> CUDATensor {
         let count = shape.reduce(1, *)
         let scales = type == .fp8 ? try pool.allocate(max(1, count / max(1, shape.last ?? 1)) * 4) : nil
@@ -281,7 +284,7 @@ public final class CUDABackend: Backend {
     }
 
     func copyRows(dst: CUdeviceptr, dstStride: Int, src: CUdeviceptr, srcStride: Int, rows: Int, cols: Int) throws {
-        try launchKernel("elementwise", "copy_rows_bf16", grid: elementwiseGrid(rows * cols), block: (256, 1, 1)) {
+        try launchKernel("elementwise", "copy_rows_bf16", grid: chunkGrid(rows * cols), block: (256, 1, 1)) {
             $0.add(dst); $0.add(UInt64(dstStride)); $0.add(src); $0.add(UInt64(srcStride)); $0.add(UInt64(rows)); $0.add(UInt64(cols))
         }
     }
@@ -335,7 +338,7 @@ public final class CUDABackend: Backend {
             requireBF16(x, y, op: "add")
             precondition(x.shape == y.shape, "add: shapes \(x.shape) and \(y.shape)")
             let out = try empty(x.shape)
-            try launchKernel("elementwise", "add_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+            try launchKernel("elementwise", "add_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(y.pointer); $0.add(alpha); $0.add(UInt64(x.count))
             }
             return out
@@ -346,7 +349,7 @@ public final class CUDABackend: Backend {
         attempt {
             requireBF16(x, op: "affine")
             let out = try empty(x.shape)
-            try launchKernel("elementwise", "affine_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+            try launchKernel("elementwise", "affine_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(a); $0.add(b); $0.add(UInt64(x.count))
             }
             return out
@@ -366,7 +369,7 @@ public final class CUDABackend: Backend {
         return attempt {
             requireBF16(x, op: "activation")
             let out = try empty(x.shape)
-            try launchKernel("elementwise", "activation_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+            try launchKernel("elementwise", "activation_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(CUDABackend.activationCode(kind)); $0.add(UInt64(x.count))
             }
             return out
@@ -384,7 +387,7 @@ public final class CUDABackend: Backend {
             requireBF16(x, shift, scale, op: "modulate")
             let (rows, channels) = channelLayout(x, shift, op: "modulate")
             let out = try empty(x.shape)
-            try launchKernel("elementwise", "modulate_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
+            try launchKernel("elementwise", "modulate_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer)
                 $0.add(UInt64(rows)); $0.add(Int32(channels)); $0.add(UInt64(x.count))
             }
@@ -398,7 +401,7 @@ public final class CUDABackend: Backend {
             if let residual { precondition(residual.shape == y.shape, "gatedResidual: \(residual.shape) vs \(y.shape)") }
             let (rows, channels) = channelLayout(y, gate, op: "gatedResidual")
             let out = try empty(y.shape)
-            try launchKernel("elementwise", "gated_residual_bf16", grid: elementwiseGrid(y.count), block: (256, 1, 1)) {
+            try launchKernel("elementwise", "gated_residual_bf16", grid: chunkGrid(y.count), block: (256, 1, 1)) {
                 $0.add(out.pointer); $0.add(nullable(residual)); $0.add(gate.pointer); $0.add(y.pointer)
                 $0.add(UInt64(rows)); $0.add(Int32(channels)); $0.add(UInt64(y.count))
             }
@@ -599,17 +602,23 @@ public final class CUDABackend: Backend {
             let pixels = x.count / (batch * c)
             precondition(c % groups == 0 && groups <= 64, "groupNorm: \(c) channels in \(groups) groups")
             let statsBuffer = try pool.allocate(batch * groups * 2 * 8)
+            let coefficients = try pool.allocate(batch * c * 8)
             try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: stream)
-            let perBlock = max(1, (16384 + c - 1) / c)
+            let perBlock = max(1, (65536 + c - 1) / c)
             let chunks = (pixels + perBlock - 1) / perBlock
             try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: (chunks, batch, 1), block: (256, 1, 1)) {
                 $0.add(statsBuffer.pointer); $0.add(x.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(UInt64(perBlock))
             }
-            let out = try empty(x.shape)
-            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: elementwiseGrid(x.count), block: (256, 1, 1)) {
-                $0.add(out.pointer); $0.add(x.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
-                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(Int32(silu ? 1 : 0)); $0.add(UInt64(x.count))
+            try launchKernel("groupnorm", "groupnorm_coefficients", grid: (batch, 1, 1), block: (256, 1, 1)) {
+                $0.add(coefficients.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
+                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups))
             }
+            let out = try empty(x.shape)
+            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(coefficients.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c))
+                $0.add(Int32(silu ? 1 : 0)); $0.add(UInt64(x.count))
+            }
+            withExtendedLifetime(coefficients) {}
             withExtendedLifetime(statsBuffer) {}
             return out
         }
@@ -645,29 +654,50 @@ public final class CUDABackend: Backend {
     // MARK: images
 
     public func conv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) -> CUDATensor {
+        convolution(x, weight: weight, bias: bias, stride: stride, padding: padding, residual: nil)
+    }
+
+    public func conv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding,
+                       residual: CUDATensor) -> CUDATensor {
+        convolution(x, weight: weight, bias: bias, stride: stride, padding: padding, residual: residual)
+    }
+
+    /// cuDNN with the bias and residual in its epilogue where it has an engine for that graph, else cuDNN's plain
+    /// convolution followed by our kernels, else im2col + GEMM.
+    func convolution(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding,
+                     residual: CUDATensor?) -> CUDATensor {
         attempt {
             requireBF16(x, weight, op: "conv2d")
+            if let bias { requireBF16(bias, op: "conv2d bias") }
             let (batch, height, width, inC) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
             let (outC, kh, kw) = (weight.shape[0], weight.shape[1], weight.shape[2])
             precondition(weight.shape[3] == inC, "conv2d: input \(x.shape) vs weight \(weight.shape)")
             let outH = (height + padding.top + padding.bottom - kh) / stride + 1
             let outW = (width + padding.left + padding.right - kw) / stride + 1
-            if convolutionKernel != .gemm, let dnn = cudnn(),
-               let plan = dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
-                                              stride: stride, padding: (padding.top, padding.left, padding.bottom, padding.right),
-                                              outHeight: outH, outWidth: outW) {
-                let y = try empty([batch, outH, outW, outC])
-                let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
-                try dnn.runConvolution(plan, x: x.pointer, w: weight.pointer, y: y.pointer, workspace: workspace?.pointer ?? 0)
-                withExtendedLifetime(workspace) {}
-                lastConvolutionPath = "cudnn"
-                guard let bias else { return y }
-                requireBF16(bias, op: "conv2d bias")
-                let out = try empty(y.shape)
-                try launchKernel("elementwise", "bias_add_bf16", grid: elementwiseGrid(y.count), block: (256, 1, 1)) {
-                    $0.add(out.pointer); $0.add(y.pointer); $0.add(bias.pointer); $0.add(Int32(outC)); $0.add(UInt64(y.count))
+            if let residual {
+                requireBF16(residual, op: "conv2d residual")
+                precondition(residual.shape == [batch, outH, outW, outC], "conv2d: residual \(residual.shape) for output \([batch, outH, outW, outC])")
+            }
+            if convolutionKernel != .gemm, let dnn = cudnn() {
+                func plan(bias: Bool, residual: Bool) -> CuDNN.Plan? {
+                    dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
+                                        stride: stride, padding: (padding.top, padding.left, padding.bottom, padding.right),
+                                        outHeight: outH, outWidth: outW, bias: bias, residual: residual)
                 }
-                return out
+                let fused = plan(bias: bias != nil, residual: residual != nil)
+                if let chosen = fused ?? plan(bias: false, residual: false) {
+                    var y = try empty([batch, outH, outW, outC])
+                    let workspace = chosen.workspaceBytes > 0 ? try pool.allocate(chosen.workspaceBytes) : nil
+                    try dnn.runConvolution(chosen, x: x.pointer, w: weight.pointer, y: y.pointer, bias: nullable(bias),
+                                           residual: nullable(residual), workspace: workspace?.pointer ?? 0)
+                    withExtendedLifetime(workspace) {}
+                    lastConvolutionPath = fused != nil && (bias != nil || residual != nil) ? "cudnn fused" : "cudnn"
+                    if fused == nil {
+                        if let bias { y = try biasAdd(y, bias) }
+                        if let residual { y = add(residual, y) }
+                    }
+                    return y
+                }
             }
             if convolutionKernel == .cudnn {
                 throw KilnError.unsupported("cuDNN has no convolution engine for \(x.shape) * \(weight.shape): \(cudnn()?.convolutionFailures.last ?? cudnnError ?? "?")")
@@ -686,9 +716,17 @@ public final class CUDABackend: Backend {
             }
             let flat = reshape(columns, [batch * outH * outW, k])
             let w2 = reshape(weight, [outC, k])
-            let y = try gemm(flat, weight: w2, bias: bias, epilogue: bias == nil ? .none : .bias)
-            return reshape(y, [batch, outH, outW, outC])
+            let y = reshape(try gemm(flat, weight: w2, bias: bias, epilogue: bias == nil ? .none : .bias), [batch, outH, outW, outC])
+            return residual.map { add($0, y) } ?? y
         }
+    }
+
+    func biasAdd(_ y: CUDATensor, _ bias: CUDATensor) throws -> CUDATensor {
+        let out = try empty(y.shape)
+        try launchKernel("elementwise", "bias_add_bf16", grid: chunkGrid(y.count), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(y.pointer); $0.add(bias.pointer); $0.add(Int32(y.shape.last!)); $0.add(UInt64(y.count))
+        }
+        return out
     }
 
     public func upsampleNearest2x(_ x: CUDATensor) -> CUDATensor {
@@ -696,8 +734,8 @@ public final class CUDABackend: Backend {
             requireBF16(x, op: "upsample")
             let (batch, height, width, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
             let out = try empty([batch, 2 * height, 2 * width, c])
-            try launchKernel("elementwise", "upsample_nearest2x_bf16", grid: elementwiseGrid(out.count), block: (256, 1, 1)) {
-                $0.add(out.pointer); $0.add(x.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(c)); $0.add(UInt64(out.count))
+            try launchKernel("elementwise", "upsample_nearest2x_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(c)); $0.add(UInt64(x.count))
             }
             return out
         }

@@ -80,22 +80,25 @@ public final class CuDNN: @unchecked Sendable {
         return (Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info)), nil)
     }
 
-    struct ConvShape: Hashable { var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int }
+    struct ConvShape: Hashable { var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int; var bias, residual: Bool }
     private var convPlans: [ConvShape: Plan] = [:]
     private var convFailures: [ConvShape: String] = [:]
 
-    /// The plan for an NHWC convolution, or nil (reason in `convolutionFailure`) when cuDNN has no engine for it.
+    /// The plan for an NHWC convolution, its bias and a residual added in the same kernel where asked, or nil (reason in
+    /// `convolutionFailures`) when cuDNN has no engine for it.
     public func convolutionPlan(batch: Int, channels: Int, height: Int, width: Int, outChannels: Int, kh: Int, kw: Int,
                                 stride: Int, padding: (top: Int, left: Int, bottom: Int, right: Int),
-                                outHeight: Int, outWidth: Int) -> Plan? {
+                                outHeight: Int, outWidth: Int, bias: Bool, residual: Bool) -> Plan? {
         let shape = ConvShape(n: batch, c: channels, h: height, w: width, k: outChannels, r: kh, s: kw, stride: stride,
-                              top: padding.top, left: padding.left, bottom: padding.bottom, right: padding.right)
+                              top: padding.top, left: padding.left, bottom: padding.bottom, right: padding.right,
+                              bias: bias, residual: residual)
         if let p = convPlans[shape] { return p }
         if convFailures[shape] != nil { return nil }
         let (plan, failure) = CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
             kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
                            Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
-                           Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth), 0, raw,
+                           Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth),
+                           bias ? 1 : 0, residual ? 1 : 0, 0, raw,
                            workspace, count, info, infoSize, message, messageSize)
         }
         convPlans[shape] = plan
@@ -105,9 +108,11 @@ public final class CuDNN: @unchecked Sendable {
 
     public var convolutionFailures: [String] { convFailures.values.sorted() }
 
-    public func runConvolution(_ plan: Plan, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr, workspace: CUdeviceptr) throws {
+    /// `bias` and `residual` are read where the plan was built with them (0 otherwise).
+    public func runConvolution(_ plan: Plan, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr, bias: CUdeviceptr,
+                               residual: CUdeviceptr, workspace: CUdeviceptr) throws {
         var message = [CChar](repeating: 0, count: 1024)
-        let status = kc_conv_execute(handle, plan.raw, x, w, y, workspace, &message, message.count)
+        let status = kc_conv_execute(handle, plan.raw, x, w, y, bias, residual, workspace, &message, message.count)
         guard status == 0 else { throw CUDAError(call: "cuDNN convolution", status: status, text: String(cString: message)) }
     }
 

@@ -400,6 +400,16 @@ public final class GPUSelftest {
                 }
                 rows[rows.count - 1].note = gpu.lastConvolutionPath
             }
+            // The resnet's second convolution: bias and skip connection in the epilogue.
+            for c in [(x: [1, 32, 32, 64], o: 64), (x: [2, 24, 40, 128], o: 128), (x: [1, 16, 16, 12], o: 12)] {
+                let x = rng.tensor(c.x), w = rng.tensor([c.o, 3, 3, c.x[3]], scale: 1 / Float(9 * c.x[3]).squareRoot())
+                let b = rng.tensor([c.o], scale: 0.2), r = rng.tensor(Array(c.x.dropLast()) + [c.o])
+                record("conv2d 3x3 + residual", c.x + [c.o]) {
+                    (down(gpu.conv2d(up(x), weight: gpu.weight(w, role: .convolution), bias: up(b), stride: 1, padding: .uniform(1), residual: up(r))),
+                     cpu.add(r, cpu.conv2d(x, weight: w, bias: b, stride: 1, padding: .uniform(1))))
+                }
+                rows[rows.count - 1].note = gpu.lastConvolutionPath
+            }
             // A VAE decoder layer (512 channels at 128x128): the first 8 output rows against the CPU on the input's
             // first 9 rows (same zero padding at the top, the real neighbours at the bottom).
             let x = rng.tensor([1, 128, 128, 512]), w = rng.tensor([512, 3, 3, 512], scale: 1 / Float(9 * 512).squareRoot())

@@ -45,6 +45,11 @@ public struct Conv2d<B: Backend> {
     public func callAsFunction(_ x: B.Tensor, _ backend: B) -> B.Tensor {
         backend.conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
     }
+
+    /// `residual + self(x)`, fused where the backend can.
+    public func callAsFunction(_ x: B.Tensor, _ backend: B, residual: B.Tensor) -> B.Tensor {
+        backend.conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, residual: residual)
+    }
 }
 
 /// Affine parameters of a layer or group norm.

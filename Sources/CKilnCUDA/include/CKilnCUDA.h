@@ -249,14 +249,16 @@ int kc_sdpa_execute(cudnnHandle_t handle, const kc_sdpa_plan *plan, CUdeviceptr 
 
 void kc_sdpa_destroy(kc_sdpa_plan *plan);
 
-/// A cuDNN plan for a BF16 2-D convolution over NHWC input, KRSC filter ([O, kh, kw, I]), NHWC output
+/// A cuDNN plan for a BF16 2-D convolution over NHWC input, KRSC filter ([O, kh, kw, I]), NHWC output, with the
+/// per-channel bias [K] and a residual (NHWC like the output) optionally added in the same kernel, in fp32
 /// (destroyed with kc_sdpa_destroy).
 int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int64_t s,
                    int64_t stride, int64_t padTop, int64_t padLeft, int64_t padBottom, int64_t padRight,
-                   int64_t outH, int64_t outW, int config, kc_sdpa_plan **plan, int64_t *workspaceBytes, int *configCount,
-                   char *info, size_t infoSize, char *message, size_t messageSize);
+                   int64_t outH, int64_t outW, int withBias, int withResidual, int config, kc_sdpa_plan **plan,
+                   int64_t *workspaceBytes, int *configCount, char *info, size_t infoSize, char *message, size_t messageSize);
 
+/// `bias` and `residual` are read only where the plan was built with them.
 int kc_conv_execute(cudnnHandle_t handle, const kc_sdpa_plan *plan, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,
-                    CUdeviceptr workspace, char *message, size_t messageSize);
+                    CUdeviceptr bias, CUdeviceptr residual, CUdeviceptr workspace, char *message, size_t messageSize);
 
 #endif

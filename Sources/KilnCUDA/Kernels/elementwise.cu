@@ -1,66 +1,137 @@
-// Elementwise ops over bf16 tensors; `n` elements, grid-stride loops.
+// Elementwise ops over bf16 tensors of `n` elements: grid-stride loops over 8-element chunks (kiln_common.cuh).
+// Ops that index a per-channel vector take the fast path only when `channels` is a multiple of 8, so a chunk never
+// straddles two rows.
 #include "kiln_common.cuh"
 
 extern "C" __global__ void add_bf16(bf16 *out, const bf16 *a, const bf16 *b, float alpha, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f2bf(bf2f(a[i]) + alpha * bf2f(b[i]));
+    const bool vec = aligned16(out) && aligned16(a) && aligned16(b);
+    FOR_CHUNKS(i, n) {
+        float x[8], y[8];
+        load8(a, i, n, vec, x);
+        load8(b, i, n, vec, y);
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] += alpha * y[k];
+        store8(out, i, n, vec, x);
+    }
 }
 
 extern "C" __global__ void affine_bf16(bf16 *out, const bf16 *x, float scale, float shift, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f2bf(bf2f(x[i]) * scale + shift);
-}
-
-/// out = x + bias[c] over the last dimension (channels).
-extern "C" __global__ void bias_add_bf16(bf16 *out, const bf16 *x, const bf16 *bias, int channels, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f2bf(bf2f(x[i]) + bf2f(bias[i % channels]));
+    const bool vec = aligned16(out) && aligned16(x);
+    FOR_CHUNKS(i, n) {
+        float v[8];
+        load8(x, i, n, vec, v);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = v[k] * scale + shift;
+        store8(out, i, n, vec, v);
+    }
 }
 
 /// kind: 0 none, 1 SiLU, 2 GELU-tanh.
 extern "C" __global__ void activation_bf16(bf16 *out, const bf16 *x, int kind, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f2bf(activate(bf2f(x[i]), kind));
+    const bool vec = aligned16(out) && aligned16(x);
+    FOR_CHUNKS(i, n) {
+        float v[8];
+        load8(x, i, n, vec, v);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = activate(v[k], kind);
+        store8(out, i, n, vec, v);
+    }
 }
 
-/// x [B, rows, C]; shift, scale [B, C]: out = x * (1 + scale) + shift.
+// The per-channel-vector ops below index their vectors with vector_index (kiln_common.cuh).
+
+/// out = x + bias[c].
+extern "C" __global__ void bias_add_bf16(bf16 *out, const bf16 *x, const bf16 *bias, int channels, u64 n) {
+    const bool vec = aligned16(out) && aligned16(x) && channels % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        float v[8];
+        load8(x, i, n, vec, v);
+        const u64 base = vec ? vector_index(i, channels, 1, 0) : 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            if (!vec && i + k >= n) break;
+            v[k] += bf2f(bias[vec ? base + k : vector_index(i + k, channels, 1, 0)]);
+        }
+        store8(out, i, n, vec, v);
+    }
+}
+
+/// out = x * (1 + scale) + shift.
 extern "C" __global__ void modulate_bf16(bf16 *out, const bf16 *x, const bf16 *shift, const bf16 *scale,
                                          u64 rowsPerBatch, int channels, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u64 c = i % channels, b = i / ((u64)channels * rowsPerBatch);
-        u64 v = b * channels + c;
-        out[i] = f2bf(bf2f(x[i]) * (1.f + bf2f(scale[v])) + bf2f(shift[v]));
+    const bool vec = aligned16(out) && aligned16(x) && channels % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        float v[8];
+        load8(x, i, n, vec, v);
+        const u64 base = vec ? vector_index(i, channels, rowsPerBatch, 1) : 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            if (!vec && i + k >= n) break;
+            const u64 j = vec ? base + k : vector_index(i + k, channels, rowsPerBatch, 1);
+            v[k] = v[k] * (1.f + bf2f(scale[j])) + bf2f(shift[j]);
+        }
+        store8(out, i, n, vec, v);
     }
 }
 
 /// out = residual + gate * y (gate [B, C] broadcast over rows); residual may be null for out = gate * y.
 extern "C" __global__ void gated_residual_bf16(bf16 *out, const bf16 *residual, const bf16 *gate, const bf16 *y,
                                                u64 rowsPerBatch, int channels, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u64 c = i % channels, b = i / ((u64)channels * rowsPerBatch);
-        float r = residual ? bf2f(residual[i]) : 0.f;
-        out[i] = f2bf(r + bf2f(gate[b * channels + c]) * bf2f(y[i]));
+    const bool vec = aligned16(out) && aligned16(residual) && aligned16(y) && channels % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        float v[8], r[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        load8(y, i, n, vec, v);
+        if (residual) load8(residual, i, n, vec, r);
+        const u64 base = vec ? vector_index(i, channels, rowsPerBatch, 1) : 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            if (!vec && i + k >= n) break;
+            const u64 j = vec ? base + k : vector_index(i + k, channels, rowsPerBatch, 1);
+            v[k] = r[k] + bf2f(gate[j]) * v[k];
+        }
+        store8(out, i, n, vec, v);
     }
 }
 
 /// Copies `rows` rows of `cols` elements between strided 2-D regions (concat, slice).
 extern "C" __global__ void copy_rows_bf16(bf16 *dst, u64 dstStride, const bf16 *src, u64 srcStride, u64 rows, u64 cols) {
-    u64 n = rows * cols;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u64 r = i / cols, c = i % cols;
-        dst[r * dstStride + c] = src[r * srcStride + c];
+    const u64 n = rows * cols;
+    const bool vec = aligned16(dst) && aligned16(src) && cols % 8 == 0 && dstStride % 8 == 0 && srcStride % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        if (vec) {
+            const u64 r = i / cols, c = i - r * cols;
+            *reinterpret_cast<uint4 *>(dst + r * dstStride + c) = *reinterpret_cast<const uint4 *>(src + r * srcStride + c);
+        } else {
+            for (u64 j = i; j < i + 8 && j < n; j++) {
+                const u64 r = j / cols, c = j - r * cols;
+                dst[r * dstStride + c] = src[r * srcStride + c];
+            }
+        }
     }
 }
 
-/// Nearest 2x upsampling of NHWC [B, H, W, C].
+/// Nearest 2x upsampling of NHWC [B, H, W, C]: each input chunk is read once and written to its four output pixels.
 extern "C" __global__ void upsample_nearest2x_bf16(bf16 *out, const bf16 *x, int height, int width, int channels, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u64 c = i % channels;
-        u64 p = i / channels;
-        u64 ox = p % (2 * width);
-        u64 oy = (p / (2 * width)) % (2 * height);
-        u64 b = p / (4ull * width * height);
-        out[i] = x[((b * height + oy / 2) * width + ox / 2) * channels + c];
+    const bool vec = aligned16(out) && aligned16(x) && channels % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        for (int k = 0; k < (vec ? 1 : 8) && i + k < n; k++) {
+            unsigned c, px, py;
+            const u64 p = divmod(i + k, channels, c);
+            const u64 row = divmod(p, width, px);
+            const u64 b = divmod(row, height, py);
+            const u64 o = ((b * 2 * height + 2 * py) * 2 * width + 2 * px) * channels + c;
+            const u64 down = 2ull * width * channels;
+            if (vec) {
+                const uint4 v = *reinterpret_cast<const uint4 *>(x + i);
+                *reinterpret_cast<uint4 *>(out + o) = v;
+                *reinterpret_cast<uint4 *>(out + o + channels) = v;
+                *reinterpret_cast<uint4 *>(out + o + down) = v;
+                *reinterpret_cast<uint4 *>(out + o + down + channels) = v;
+            } else {
+                const bf16 v = x[i + k];
+                out[o] = v; out[o + channels] = v; out[o + down] = v; out[o + down + channels] = v;
+            }
+        }
     }
 }
 

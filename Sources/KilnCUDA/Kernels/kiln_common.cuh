@@ -65,3 +65,54 @@ __device__ __forceinline__ float gelu_tanh_f(float v) {
 __device__ __forceinline__ float activate(float v, int kind) {
     return kind == 1 ? silu_f(v) : kind == 2 ? gelu_tanh_f(v) : v;
 }
+
+// Chunks of 8 bf16 (16 bytes): elementwise kernels move one chunk per thread and iteration, as one 16-byte access when
+// the chunk is whole and its pointer 16-byte aligned (`vec`, decided once per launch), element by element otherwise.
+#define KILN_CHUNK 8
+#define FOR_CHUNKS(i, n) for (u64 i = (blockIdx.x * (u64)blockDim.x + threadIdx.x) * KILN_CHUNK; i < (n); \
+                              i += (u64)gridDim.x * blockDim.x * KILN_CHUNK)
+
+__device__ __forceinline__ bool aligned16(const void *p) { return (((u64)p) & 15) == 0; }
+
+__device__ __forceinline__ void load8(const bf16 *p, u64 i, u64 n, bool vec, float *v) {
+    if (vec && i + KILN_CHUNK <= n) {
+        const uint4 r = *reinterpret_cast<const uint4 *>(p + i);
+        v[0] = bf_lo(r.x); v[1] = bf_hi(r.x); v[2] = bf_lo(r.y); v[3] = bf_hi(r.y);
+        v[4] = bf_lo(r.z); v[5] = bf_hi(r.z); v[6] = bf_lo(r.w); v[7] = bf_hi(r.w);
+    } else {
+#pragma unroll
+        for (int k = 0; k < KILN_CHUNK; k++) v[k] = i + k < n ? bf2f(p[i + k]) : 0.f;
+    }
+}
+
+__device__ __forceinline__ void store8(bf16 *p, u64 i, u64 n, bool vec, const float *v) {
+    if (vec && i + KILN_CHUNK <= n) {
+        *reinterpret_cast<uint4 *>(p + i) = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
+                                                       pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+    } else {
+#pragma unroll
+        for (int k = 0; k < KILN_CHUNK; k++) if (i + k < n) p[i + k] = f2bf(v[k]);
+    }
+}
+
+/// a / d and a % d, in 32-bit arithmetic when `a` fits (64-bit division is a long software sequence on the GPU).
+__device__ __forceinline__ u64 divmod(u64 a, unsigned d, unsigned &rem) {
+    if (a < 0x100000000ull) {
+        const unsigned q = (unsigned)a / d;
+        rem = (unsigned)a - q * d;
+        return q;
+    }
+    const u64 q = a / d;
+    rem = (unsigned)(a - q * d);
+    return q;
+}
+
+/// Per-channel-vector ops see x as [B, rowsPerBatch, channels] and a vector as [B, channels] (or [channels]
+/// when `perBatch` is 0); this is the vector index of element i.
+__device__ __forceinline__ u64 vector_index(u64 i, unsigned channels, u64 rowsPerBatch, int perBatch) {
+    unsigned c;
+    const u64 row = divmod(i, channels, c);
+    if (!perBatch) return c;
+    const u64 item = row < 0x100000000ull && rowsPerBatch < 0x100000000ull ? (unsigned)row / (unsigned)rowsPerBatch : row / rowsPerBatch;
+    return item * channels + c;
+}

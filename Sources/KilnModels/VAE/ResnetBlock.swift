@@ -22,8 +22,7 @@ struct ResnetBlock<B: Backend> {
         var h = backend.groupNorm(x, groups: groups, weight: norm1.weight, bias: norm1.bias, eps: 1e-6, silu: true)
         h = conv1(h, backend)
         h = backend.groupNorm(h, groups: groups, weight: norm2.weight, bias: norm2.bias, eps: 1e-6, silu: true)
-        h = conv2(h, backend)
-        return backend.add(shortcut?(x, backend) ?? x, h)
+        return conv2(h, backend, residual: shortcut?(x, backend) ?? x)
     }
 }
 
