@@ -133,6 +133,9 @@ public protocol DeviceGraph: AnyObject {
 public enum WeightRole: Sendable {
     /// A linear layer's `[out, in]` matrix.
     case linear
+    /// A linear layer's `[out, in]` matrix that the backend may store quantized: FP8 e4m3 with one scale per output
+    /// channel on CUDA under `--precision fp8` (the transformer's layers; text encoders and VAE stay BF16).
+    case quantizableLinear
     /// A convolution kernel `[O, kh, kw, I]`.
     case convolution
     /// Anything else: biases, norm weights, embeddings.

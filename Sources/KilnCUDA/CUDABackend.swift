@@ -134,7 +134,8 @@ public final class CUDABackend: Backend {
     public let lt: CuBLASLt
     public let pool: DevicePool
     public let tuner: GemmTuner
-    /// Precision of linear layers: weights loaded for `.linear` are quantized to FP8 when `.fp8`.
+    /// Precision of quantizable linear layers: weights loaded as `.quantizableLinear` are quantized to FP8 (per output
+    /// channel) when `.fp8`, and their inputs per row as they enter the GEMM.
     public let linearPrecision: GemmPrecision
     /// Time the heuristic's top candidates the first time a GEMM shape is seen (else take the heuristic's first).
     public var autotune = true
@@ -267,7 +268,7 @@ public final class CUDABackend: Backend {
     public func weight(_ host: HostTensor, role: WeightRole) -> CUDATensor {
         attempt {
             let t = try upload(host)
-            if role == .linear && linearPrecision == .fp8 { return try quantizeRows(t) }
+            if role == .quantizableLinear && linearPrecision == .fp8 { return try quantizeRows(t) }
             return t
         }
     }
@@ -281,6 +282,17 @@ public final class CUDABackend: Backend {
     public func reshape(_ x: CUDATensor, _ shape: [Int]) -> CUDATensor {
         precondition(shape.reduce(1, *) == x.count, "reshape \(x.shape) to \(shape)")
         return CUDATensor(storage: x.storage, offset: x.offset, shape: shape, type: x.type, scales: x.scales)
+    }
+
+    /// Rows `range` of an FP8 matrix (a quantized weight split at load), with their scales.
+    func sliceRows(_ x: CUDATensor, axis: Int, _ range: Range<Int>) throws -> CUDATensor {
+        precondition(x.shape.count == 2 && axis == 0 && range.lowerBound >= 0 && range.upperBound <= x.shape[0],
+                     "slice: FP8 tensors split along rows only (\(x.shape), axis \(axis), \(range))")
+        let columns = x.shape[1]
+        let out = try empty([range.count, columns], .fp8)
+        try DeviceCopy.copy(x.pointer + CUdeviceptr(range.lowerBound * columns), to: out.pointer, bytes: range.count * columns, stream: stream)
+        try DeviceCopy.copy(x.scales!.pointer + CUdeviceptr(range.lowerBound * 4), to: out.scales!.pointer, bytes: range.count * 4, stream: stream)
+        return out
     }
 
     func copyRows(dst: CUdeviceptr, dstStride: Int, src: CUdeviceptr, srcStride: Int, rows: Int, cols: Int) throws {
@@ -313,6 +325,7 @@ public final class CUDABackend: Backend {
 
     public func slice(_ x: CUDATensor, axis: Int, _ range: Range<Int>) -> CUDATensor {
         attempt {
+            if x.type == .fp8 { return try sliceRows(x, axis: axis, range) }
             requireBF16(x, op: "slice")
             precondition(range.lowerBound >= 0 && range.upperBound <= x.shape[axis], "slice \(range) of axis \(axis) in \(x.shape)")
             let outer = x.shape[..<axis].reduce(1, *)

@@ -10,7 +10,7 @@ extension CUDABackend {
             try launchKernel("random", "fill_normal_bf16", grid: elementwiseGrid((t.count + 1) / 2), block: (256, 1, 1)) {
                 $0.add(t.pointer); $0.add(UInt64(t.count)); $0.add(seed); $0.add(mean); $0.add(std)
             }
-            if role == .linear && linearPrecision == .fp8 { return try quantizeRows(t) }
+            if role == .quantizableLinear && linearPrecision == .fp8 { return try quantizeRows(t) }
             return t
         }
     }

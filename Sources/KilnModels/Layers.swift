@@ -63,16 +63,24 @@ public struct WeightLoader<B: Backend> {
     public let backend: B
     public let source: any WeightSource
     public let prefix: String
+    /// Whether linear weights go to the backend as `.quantizableLinear` (else `.linear`).
+    public let quantizableLinears: Bool
 
-    public init(backend: B, source: any WeightSource, prefix: String = "") {
+    public init(backend: B, source: any WeightSource, prefix: String = "", quantizableLinears: Bool = false) {
         self.backend = backend
         self.source = source
         self.prefix = prefix
+        self.quantizableLinears = quantizableLinears
     }
 
     /// A loader for the names below `name.`.
     public func scoped(_ name: String) -> WeightLoader {
-        WeightLoader(backend: backend, source: source, prefix: prefix + name + ".")
+        WeightLoader(backend: backend, source: source, prefix: prefix + name + ".", quantizableLinears: quantizableLinears)
+    }
+
+    /// The same loader, handing linear weights over as quantizable.
+    public func quantizingLinears() -> WeightLoader {
+        WeightLoader(backend: backend, source: source, prefix: prefix, quantizableLinears: true)
     }
 
     /// The host tensor `name` below the prefix, checked to have `shape`.
@@ -88,7 +96,8 @@ public struct WeightLoader<B: Backend> {
     /// A linear layer `name.weight` `[out, in]` and, if `bias`, `name.bias` `[out]`.
     public func linear(_ name: String, in inputs: Int, out outputs: Int, bias: Bool = true) throws -> Linear<B> {
         let scope = scoped(name)
-        return Linear(weight: try source.load(scope.prefix + "weight", shape: [outputs, inputs], role: .linear, backend: backend),
+        return Linear(weight: try source.load(scope.prefix + "weight", shape: [outputs, inputs],
+                                                 role: quantizableLinears ? .quantizableLinear : .linear, backend: backend),
                       bias: bias ? try scope.vector("bias", count: outputs) : nil)
     }
 

@@ -29,7 +29,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
     func run() throws {
         try reportingErrors {
             _ = try arguments.generationOptions()
-            try runOnDevice(arguments.device, self)
+            try runOnDevice(arguments.device, precision: arguments.precision, self)
         }
     }
 
@@ -100,6 +100,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("device", .string(backend.name)),
             ("model", .string(prepared.description)),
             ("variant", .string(config.variant)),
+            ("precision", .string(arguments.precision)),
             ("width", .number(Double(prepared.options.width))),
             ("height", .number(Double(prepared.options.height))),
             ("batch", .number(Double(prepared.options.batch))),

@@ -26,7 +26,7 @@ struct GenerateCommand: ParsableCommand, BackendJob {
     func run() throws {
         try reportingErrors {
             _ = try arguments.generationOptions()
-            try runOnDevice(arguments.device, self)
+            try runOnDevice(arguments.device, precision: arguments.precision, self)
         }
     }
 

@@ -55,6 +55,9 @@ struct GenerationArguments: ParsableArguments {
     @Option(help: "cpu or cuda.")
     var device: String = "cpu"
 
+    @Option(help: "The transformer's linear layers on cuda: bf16, or fp8 (e4m3; weights per output channel, activations per row).")
+    var precision: String = "bf16"
+
     @Option(help: "safetensors with `latents` float32 [B, 16, H/8, W/8]: the initial noise, unpacked.")
     var latents: String?
 

@@ -29,8 +29,11 @@ struct ParityCommand: ParsableCommand, BackendJob {
     @Option(help: "cpu or cuda.")
     var device: String = "cpu"
 
+    @Option(help: "The transformer's linear layers on cuda: bf16 or fp8.")
+    var precision: String = "bf16"
+
     func run() throws {
-        try reportingErrors { try runOnDevice(device, self) }
+        try reportingErrors { try runOnDevice(device, precision: precision, self) }
     }
 
     func execute<B: Backend>(on backend: B) throws {

@@ -163,6 +163,8 @@ final class CLITests: XCTestCase {
         try assertRejected(["generate", "--width", "48"], mentioning: "width 48 is outside")
         try assertRejected(["generate", "--steps", "0"], mentioning: "steps must be between 1 and 1000")
         try assertRejected(["generate", "--device", "tpu"], mentioning: "unknown device 'tpu'")
+        try assertRejected(["generate", "--precision", "int4"], mentioning: "unknown precision 'int4'")
+        try assertRejected(["generate", "--precision", "fp8"], mentioning: "--precision fp8 needs --device cuda")
         if !FileManager.default.fileExists(atPath: "/dev/nvidiactl") {
             try assertRejected(["generate", "--device", "cuda"], mentioning: "libcuda")
         }

@@ -38,6 +38,16 @@ for variant in dev schnell; do
       --json "$OUT/kiln-$variant-$size.json" 2>&1 | grep -v '^denoising' | tail -3
   done
 done
+for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
+  steps=$([ $variant = dev ] && echo 28 || echo 4)
+  echo "== kiln bench $variant 1024x1024 FP8, $steps steps"
+  $BIN bench --random-weights $variant --device cuda --precision fp8 --width 1024 --height 1024 --steps $steps --runs 3 \
+    --json "$OUT/kiln-$variant-fp8-1024x1024.json" 2>&1 | grep -v '^denoising' | tail -3
+done
+# Batch 2 (its images equal single runs with seed + index: a CPU test checks that); outside the ratio table.
+echo "== kiln bench dev 512x512 batch 2"
+$BIN bench --random-weights dev --device cuda --width 512 --height 512 --steps 4 --batch 2 --runs 2 \
+  --json "$OUT/batch2-dev-512x512.json" 2>&1 | grep -v '^denoising' | tail -3
 echo "== diffusers eager BF16"
 PYTHONUNBUFFERED=1 python3 scripts/device/flux_torch.py --json "$OUT/torch-flux.json" --sizes "$(echo $SIZES | tr ' ' ',')"
 python3 scripts/device/flux_report.py "$OUT" | tee "$OUT/flux.md"

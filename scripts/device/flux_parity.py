@@ -3,6 +3,8 @@
 saved in diffusers layout; an FP32 reference step at 1024x1024 recording every block's input and output; diffusers BF16
 and Kiln (CUDA, BF16) each run every block on the FP32 reference's input for that block. The bar: Kiln's error on each
 block's output at most 1.5x diffusers BF16's on the same block, and the same for the whole step and the VAE decode.
+Then FP8: torchao's row-wise dynamic FP8 (every nn.Linear of the transformer) and Kiln --precision fp8 on the same
+blocks; the bar there is Kiln FP8's error at most 1.25x torchao FP8's on every block.
 
     python3 scripts/device/flux_parity.py --kiln .device-flux/kiln --work /tmp/parity --json OUT.json
 """
@@ -117,6 +119,16 @@ def main():
     with torch.inference_mode():
         diffusers_bf16["decode_out"] = vae.decode(z).sample.float().cpu()
     timings["diffusers_bf16_s"] = time.time() - t
+    t = time.time()
+    torchao_fp8, torchao_error = None, None
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        torchao_fp8 = blocks_on_reference(transformer, reference, inputs, torch.bfloat16)
+    except Exception as error:  # report, and still check BF16
+        torchao_error = f"{type(error).__name__}: {error}"[:400]
+        print(f"torchao FP8 unavailable: {torchao_error}", flush=True)
+    timings["torchao_fp8_s"] = time.time() - t
     del transformer, vae
     torch.cuda.empty_cache()
 
@@ -126,22 +138,37 @@ def main():
     save_file({"decode_in": z.float().cpu()}, os.path.join(args.work, "vae_reference.safetensors"))
     reference["decode_out"] = vae_reference
 
-    t = time.time()
-    kiln_path = os.path.join(args.work, "kiln.safetensors")
-    subprocess.run([args.kiln, "parity", "--device", "cuda", "--model", folder, "--reference", reference_path,
-                    "--vae-reference", os.path.join(args.work, "vae_reference.safetensors"), "--out", kiln_path], check=True)
-    timings["kiln_s"] = time.time() - t
-    kiln = load_file(kiln_path)
+    kiln = {}
+    for precision in ("bf16", "fp8"):
+        t = time.time()
+        path = os.path.join(args.work, f"kiln-{precision}.safetensors")
+        subprocess.run([args.kiln, "parity", "--device", "cuda", "--precision", precision, "--model", folder, "--reference",
+                        reference_path, "--vae-reference", os.path.join(args.work, "vae_reference.safetensors"), "--out", path],
+                       check=True)
+        timings[f"kiln_{precision}_s"] = time.time() - t
+        kiln[precision] = load_file(path)
 
-    rows_out, worst = [], 0.0
+    rows_out, worst, worst_fp8 = [], 0.0, 0.0
     for name in sorted(k for k in diffusers_bf16 if k.endswith("_out") or k == "output"):
-        d, k = rel(diffusers_bf16[name], reference[name]), rel(kiln[name], reference[name])
+        d, k = rel(diffusers_bf16[name], reference[name]), rel(kiln["bf16"][name], reference[name])
         worst = max(worst, k / d)
-        rows_out.append({"tensor": name, "diffusers_bf16": d, "kiln_bf16": k, "ratio": k / d})
-        print(f"{name:24s} diffusers bf16 {d:.4e}  kiln bf16 {k:.4e}  ratio {k / d:.3f}", flush=True)
-    result = {"timings": timings, "worst_ratio": worst, "bar": 1.5, "passed": worst <= 1.5, "tensors": rows_out}
+        row = {"tensor": name, "diffusers_bf16": d, "kiln_bf16": k, "ratio": k / d}
+        line = f"{name:24s} diffusers bf16 {d:.4e}  kiln bf16 {k:.4e}  ratio {k / d:.3f}"
+        if torchao_fp8 is not None and name in torchao_fp8:
+            a, f = rel(torchao_fp8[name], reference[name]), rel(kiln["fp8"][name], reference[name])
+            worst_fp8 = max(worst_fp8, f / a)
+            row.update(torchao_fp8=a, kiln_fp8=f, fp8_ratio=f / a)
+            line += f"  |  torchao fp8 {a:.4e}  kiln fp8 {f:.4e}  ratio {f / a:.3f}"
+        rows_out.append(row)
+        print(line, flush=True)
+    result = {"timings": timings, "worst_ratio": worst, "bar": 1.5, "passed": worst <= 1.5,
+              "fp8": {"worst_ratio": worst_fp8 if torchao_fp8 is not None else None, "bar": 1.25,
+                      "passed": torchao_fp8 is not None and worst_fp8 <= 1.25, "torchao_error": torchao_error},
+              "tensors": rows_out}
     json.dump(result, open(args.json, "w"), indent=1)
     print(f"worst ratio Kiln / diffusers BF16: {worst:.3f} (bar 1.5): {'PASS' if worst <= 1.5 else 'FAIL'}")
+    if torchao_fp8 is not None:
+        print(f"worst ratio Kiln FP8 / torchao FP8: {worst_fp8:.3f} (bar 1.25): {'PASS' if worst_fp8 <= 1.25 else 'FAIL'}")
 
 
 if __name__ == "__main__":

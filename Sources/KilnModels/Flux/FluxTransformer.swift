@@ -20,6 +20,7 @@ public struct FluxTransformer<B: Backend> {
 
     /// Loads every weight through `loader` (canonical BFL names), checking shapes against `config`.
     public init(config: FluxConfig, loader: WeightLoader<B>) throws {
+        let loader = loader.quantizingLinears()
         self.config = config
         let h = config.hidden
         imageIn = try loader.linear("img_in", in: config.inChannels, out: h)
