@@ -462,7 +462,10 @@ public final class CUDABackend: Backend {
         let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
         var input = x
         if precision == .fp8 && x.type != .fp8 { input = try quantizeRows(x) }
-        if precision == .bf16 { requireBF16(x, op: "linear") }
+        if precision == .bf16 {
+            precondition(x.type != .fp8, "linear: an FP8 input needs FP8 weights (\(x.shape) x \(weight.shape))")
+            requireBF16(x, op: "linear")
+        }
         let operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
                                     xScale: input.scales?.pointer, wScale: weight.scales?.pointer)
         let key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
@@ -756,8 +759,11 @@ public final class CUDABackend: Backend {
 
     // MARK: fused
 
+    /// Under `linearPrecision` `.fp8` the result is FP8 with per-row scales (`layerNormModulateFP8`): in FLUX every
+    /// modulated norm feeds the transformer's quantized linears, so the activation is quantized where it is made.
     public func layerNormModulate(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) -> CUDATensor {
         attempt {
+            if linearPrecision == .fp8 { return try layerNormModulateFP8(x, shift: shift, scale: scale, eps: eps) }
             requireBF16(x, shift, scale, op: "layerNormModulate")
             let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
             let out = try empty(x.shape)
