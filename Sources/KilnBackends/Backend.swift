@@ -81,6 +81,9 @@ public protocol Backend: AnyObject {
     /// Multi-head attention, non-causal, softmax scale `scale` (nil: 1/√D). `q`, `k`, `v` are `[B, L, H·D]`; the result too.
     /// `keyMask`, when given, is `[B, L]` with 1 for keys to attend to and 0 for keys to ignore.
     func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float?, keyMask: Tensor?) -> Tensor
+    /// `softmax(scale · q·kᵀ + bias[h]) · v` per head, `bias` `[H, Lq, Lk]` or `[1, Lq, Lk]` (shared by all heads);
+    /// `-infinity` masks (CLIP's causal mask, T5's relative position bias).
+    func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float, bias: Tensor) -> Tensor
 
     // MARK: normalization
     /// Layer norm over the last dimension, optional affine weight and bias.

@@ -529,7 +529,18 @@ public final class CUDABackend: Backend {
 
     /// Attention for any head size and with key masks, as GEMMs per (batch, head): fp32 scores `Q_h K_hᵀ`, a row
     /// softmax to BF16 probabilities, then `P V_h` (V_h transposed first). Memory: Lq·Lk·6 bytes per call.
-    func attentionByGEMM(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, keyMask: CUDATensor?) throws -> CUDATensor {
+    public func attention(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, bias: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(q, k, v, bias, op: "attention with bias")
+            let (queries, keys) = (q.shape[1], k.shape[1])
+            precondition(bias.shape == [heads, queries, keys] || bias.shape == [1, queries, keys], "attention: bias \(bias.shape)")
+            return try attentionByGEMM(q: q, k: k, v: v, heads: heads, scale: scale, keyMask: nil, bias: bias)
+        }
+    }
+
+    /// Attention as per-head GEMMs around a row softmax (fp32 scores): any head size, key masks and score biases.
+    func attentionByGEMM(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, keyMask: CUDATensor?,
+                         bias: CUDATensor? = nil) throws -> CUDATensor {
         let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
         let keys = k.shape[1]
         let d = width / heads
@@ -556,7 +567,8 @@ public final class CUDABackend: Backend {
                 try plan(scoreKey, operands: s).run(s, stream: stream)
                 try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (queries, 1, 1), block: (256, 1, 1)) {
                     $0.add(probabilities.pointer); $0.add(scores.pointer)
-                    $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0); $0.add(scale)
+                    $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
+                    $0.add(bias.map { $0.pointer + CUdeviceptr(($0.shape[0] == 1 ? 0 : h) * queries * keys * 2) } ?? 0); $0.add(scale)
                     $0.add(UInt64(queries)); $0.add(Int32(keys))
                 }
                 try launchKernel("softmax", "transpose_bf16", grid: ((d + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {

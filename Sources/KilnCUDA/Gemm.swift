@@ -374,10 +374,10 @@ public final class GemmTuner: @unchecked Sendable {
     public let lt: CuBLASLt
     public let cache: GemmPlanCache
     public var candidateCount = 8
-    /// Search every configuration cuBLASLt accepts (screened with a short timing, the best 8 re-timed) besides the
-    /// heuristic's top candidates; `KILN_GEMM_TUNE=heuristic` limits the search to the heuristic's list. A fraction of a
-    /// second per shape, once: the choice is cached per GPU.
-    public var exhaustive = FileIO.environment("KILN_GEMM_TUNE") != "heuristic"
+    /// Also search every configuration cuBLASLt accepts (screened with a short timing, the best 8 re-timed), not only
+    /// the heuristic's top candidates: `KILN_GEMM_TUNE=exhaustive` (and the selftest). About a second per shape, which
+    /// a first image pays for every shape of its resolution, so it is not the default; choices are cached per GPU.
+    public var exhaustive = FileIO.environment("KILN_GEMM_TUNE") == "exhaustive"
 
     public init(lt: CuBLASLt, cache: GemmPlanCache) {
         self.lt = lt

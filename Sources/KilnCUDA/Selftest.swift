@@ -55,6 +55,7 @@ public final class GPUSelftest {
 
     public init(seed: UInt64? = nil) throws {
         gpu = try CUDABackend()
+        gpu.tuner.exhaustive = true
         gpu.pool.poison = true
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)
@@ -345,6 +346,19 @@ public final class GPUSelftest {
                 let qr = GPUSelftest.pickRows(q.reshaped([c.lq, c.heads * c.d]), pick).reshaped([1, pick.count, c.heads * c.d])
                 let ref = cpu.attention(q: qr, k: k, v: v, heads: c.heads, scale: nil, keyMask: mask)
                 return (GPUSelftest.pickRows(o.reshaped([c.lq, c.heads * c.d]), pick), ref.reshaped([pick.count, c.heads * c.d]))
+            }
+            rows[rows.count - 1].note = gpu.lastAttentionPath
+        }
+        // Score biases: CLIP-L's causal mask (shared by all heads, -inf above the diagonal) and a T5-like per-head bias.
+        for c in [(b: 1, l: 77, heads: 12, d: 64, causal: true), (b: 2, l: 96, heads: 8, d: 64, causal: false)] {
+            let q = rng.tensor([c.b, c.l, c.heads * c.d], scale: 2), k = rng.tensor([c.b, c.l, c.heads * c.d], scale: 2)
+            let v = rng.tensor([c.b, c.l, c.heads * c.d])
+            var bias = c.causal ? HostTensor(shape: [1, c.l, c.l]) : rng.tensor([c.heads, c.l, c.l], scale: 2)
+            if c.causal { for i in 0..<c.l { for j in (i + 1)..<c.l { bias.data[i * c.l + j] = -.infinity } } }
+            let scale = 1 / Float(c.d).squareRoot()
+            record("attention + bias\(c.causal ? " (causal)" : "")", [c.b, c.l, c.l, c.heads, c.d]) {
+                (down(gpu.attention(q: up(q), k: up(k), v: up(v), heads: c.heads, scale: scale, bias: up(bias))),
+                 cpu.attention(q: q, k: k, v: v, heads: c.heads, scale: scale, bias: bias))
             }
             rows[rows.count - 1].note = gpu.lastAttentionPath
         }

@@ -132,13 +132,12 @@ public struct CLIPTextModel<B: Backend> {
         }
         let headDim = h / config.heads
         let scale = 1 / Float(headDim).squareRoot()
-        let bias = backend.prepareAttentionBias(causal, batch: 1, heads: config.heads, scale: scale)
+        let bias = backend.tensor(causal)
 
         for layer in layers {
             let normed = backend.layerNorm(x, weight: layer.norm1.weight, bias: layer.norm1.bias, eps: config.layerNormEps)
-            let attended = backend.attentionWithBias(q: layer.q(normed, backend), k: layer.k(normed, backend),
-                                                     v: layer.v(normed, backend), heads: config.heads, scale: scale,
-                                                     bias: bias)
+            let attended = backend.attention(q: layer.q(normed, backend), k: layer.k(normed, backend),
+                                             v: layer.v(normed, backend), heads: config.heads, scale: scale, bias: bias)
             x = backend.add(x, layer.out(attended, backend))
             let normed2 = backend.layerNorm(x, weight: layer.norm2.weight, bias: layer.norm2.bias, eps: config.layerNormEps)
             x = backend.add(x, layer.fc2(backend.quickGELU(layer.fc1(normed2, backend)), backend))

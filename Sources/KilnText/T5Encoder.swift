@@ -132,13 +132,12 @@ public struct T5Encoder<B: Backend> {
             throw KilnError.invalidArgument("token id \(bad) is outside T5's vocabulary of \(config.vocabSize)")
         }
         var x = backend.tensor(Embedding.gather(embedding, ids))
-        let bias = backend.prepareAttentionBias(positionBias(length: ids.count), batch: 1, heads: config.heads, scale: 1)
+        let bias = backend.tensor(positionBias(length: ids.count))
         let eps = config.layerNormEps
         for block in blocks {
             let normed = backend.rmsNorm(x, weight: block.attentionNorm, eps: eps)
-            let attended = backend.attentionWithBias(q: block.q(normed, backend), k: block.k(normed, backend),
-                                                     v: block.v(normed, backend), heads: config.heads, scale: 1,
-                                                     bias: bias)
+            let attended = backend.attention(q: block.q(normed, backend), k: block.k(normed, backend),
+                                             v: block.v(normed, backend), heads: config.heads, scale: 1, bias: bias)
             x = backend.add(x, block.o(attended, backend))
             let normed2 = backend.rmsNorm(x, weight: block.ffNorm, eps: eps)
             let gated = faults.contains(.gateSwapped)

@@ -91,6 +91,9 @@ final class GraphEmulatingBackend: Backend {
     func attention(q: Buffer, k: Buffer, v: Buffer, heads: Int, scale: Float?, keyMask: Buffer?) -> Buffer {
         make(cpu.attention(q: q.value, k: k.value, v: v.value, heads: heads, scale: scale, keyMask: keyMask?.value))
     }
+    func attention(q: Buffer, k: Buffer, v: Buffer, heads: Int, scale: Float, bias: Buffer) -> Buffer {
+        make(cpu.attention(q: q.value, k: k.value, v: v.value, heads: heads, scale: scale, bias: bias.value))
+    }
     func layerNorm(_ x: Buffer, weight: Buffer?, bias: Buffer?, eps: Float) -> Buffer {
         make(cpu.layerNorm(x.value, weight: weight?.value, bias: bias?.value, eps: eps))
     }

@@ -38,6 +38,13 @@ for variant in dev schnell; do
       --json "$OUT/kiln-$variant-$size.json" 2>&1 | grep -v '^denoising' | tail -3
   done
 done
+# Cold start: process start to first image with empty caches (NVRTC kernels, GEMM choices), then again with them warm.
+COLD=$(mktemp -d)
+for state in empty warm; do
+  echo "== cold start, caches $state: dev 1024x1024 FP8"
+  KILN_CACHE_DIR=$COLD $BIN bench --random-weights dev --device cuda --precision fp8 --width 1024 --height 1024 --steps 28 --runs 1 \
+    --json "$OUT/coldstart-$state.json" 2>&1 | grep -v '^denoising' | tail -2
+done
 for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
   steps=$([ $variant = dev ] && echo 28 || echo 4)
   echo "== kiln bench $variant 1024x1024 FP8, $steps steps"

@@ -2,18 +2,21 @@
 // transpose of one head of V so that P·V is a GEMM of the X·Wᵀ form.
 #include "kiln_common.cuh"
 
-/// p[r, :] = softmax(scale * s[r, :]) over `cols` keys, BF16 out; mask [cols] (0 = ignore that key) or null.
-/// One block of 256 threads per row.
-extern "C" __global__ void __launch_bounds__(256) softmax_rows_f32_bf16(bf16 *p, const float *s, const bf16 *mask, float scale,
-                                                  u64 rows, int cols) {
+/// p[r, :] = softmax(scale * s[r, :] + bias[r, :]) over `cols` keys, BF16 out; mask [cols] (0 = ignore that key) or
+/// null; bias [rows, cols] (-inf masks) or null. One block of 256 threads per row.
+extern "C" __global__ void __launch_bounds__(256) softmax_rows_f32_bf16(bf16 *p, const float *s, const bf16 *mask,
+                                                                        const bf16 *bias, float scale, u64 rows, int cols) {
     __shared__ float scratch[32];
     const u64 r = blockIdx.x;
     if (r >= rows) return;
-    const float *sr = s + r * cols;
+    float *sr = const_cast<float *>(s) + r * cols;
+    const bf16 *br = bias ? bias + r * cols : nullptr;
     bf16 *pr = p + r * cols;
+    // Scores are scaled (and biased) in place once; each thread rereads only its own columns below.
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) sr[c] = sr[c] * scale + (br ? bf2f(br[c]) : 0.f);
     float mx = -KILN_INF;
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
-        if (!mask || bf2f(mask[c]) != 0.f) mx = fmaxf(mx, sr[c] * scale);
+        if (!mask || bf2f(mask[c]) != 0.f) mx = fmaxf(mx, sr[c]);
     mx = warp_max(mx);
     if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = mx;
     __syncthreads();
@@ -23,11 +26,11 @@ extern "C" __global__ void __launch_bounds__(256) softmax_rows_f32_bf16(bf16 *p,
     const float base = mx == -KILN_INF ? 0.f : mx;
     float sum = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
-        if (!mask || bf2f(mask[c]) != 0.f) sum += __expf(sr[c] * scale - base);
+        if (!mask || bf2f(mask[c]) != 0.f) sum += __expf(sr[c] - base);
     sum = block_sum(sum, scratch);
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
-        pr[c] = f2bf((!mask || bf2f(mask[c]) != 0.f) ? __expf(sr[c] * scale - base) * inv : 0.f);
+        pr[c] = f2bf((!mask || bf2f(mask[c]) != 0.f) ? __expf(sr[c] - base) * inv : 0.f);
 }
 
 /// out [cols, rows] = transpose of x [rows, cols] read with row stride `stride` (a head inside a wider row).
