@@ -88,6 +88,8 @@ public final class DevicePool: @unchecked Sendable {
     // Blocks freed while a graph is captured hold its intermediates: they are reused within the capture, then kept
     // for the graph (which rewrites them on every replay) until it is destroyed.
     private var capturing = false
+    /// Whether a graph capture is under way (nothing may synchronize or be timed).
+    public var isCapturing: Bool { capturing }
     private var captureFree: [Int: [CUdeviceptr]] = [:]
 
     func beginCapture() {
@@ -154,6 +156,8 @@ public final class CUDABackend: Backend {
     private var plans: [GemmKey: GemmPlan] = [:]
     /// Seconds spent compiling or loading kernels, per family.
     public private(set) var kernelLoadSeconds: [String: Double] = [:]
+    /// Per-op device times of eager work (`KILN_PROFILE=1`).
+    public let profile: OpProfile? = FileIO.environment("KILN_PROFILE") == "1" ? OpProfile() : nil
 
     public init(device: CUDADevice? = nil, linearPrecision: GemmPrecision = .bf16) throws {
         self.device = try device ?? CUDADevice()
@@ -198,7 +202,21 @@ public final class CUDABackend: Backend {
         let f = try module(family).function(symbol)
         var args = KernelArguments()
         configure(&args)
-        try launch(f, grid: grid, block: block, sharedBytes: shared, stream: stream, name: symbol, args)
+        try profiled(symbol) { try launch(f, grid: grid, block: block, sharedBytes: shared, stream: stream, name: symbol, args) }
+    }
+
+    /// `body` timed under `name` when profiling eager work.
+    func profiled<T>(_ name: @autoclosure () -> String, _ body: () throws -> T) throws -> T {
+        guard let profile, !pool.isCapturing else { return try body() }
+        return try profile.measure(name(), stream: stream, body)
+    }
+
+    /// Runs a GEMM with its tuned plan.
+    func runGemm(_ key: GemmKey, _ operands: GemmOperands) throws {
+        let p = try plan(key, operands: operands)
+        try profiled("gemm \(key.precision.rawValue) \(key.m)x\(key.n)x\(key.k)\(key.epilogue == .none ? "" : " " + key.epilogue.rawValue)") {
+            try p.run(operands, stream: stream)
+        }
     }
 
     /// Grid for a grid-stride elementwise kernel over `n` elements.
@@ -468,8 +486,7 @@ public final class CUDABackend: Backend {
         }
         let operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
                                     xScale: input.scales?.pointer, wScale: weight.scales?.pointer)
-        let key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
-        try plan(key, operands: operands).run(operands, stream: stream)
+        try runGemm(GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue), operands)
         return out
     }
 
@@ -496,8 +513,10 @@ public final class CUDABackend: Backend {
                 if let plan = dnn.plan(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) {
                     let out = try empty(q.shape)
                     let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
-                    try dnn.run(plan, q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, scale: softmaxScale,
-                                workspace: workspace?.pointer ?? 0)
+                    try profiled("cudnn attention \(batch)x\(heads)x\(queries)x\(keys)x\(d)") {
+                        try dnn.run(plan, q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, scale: softmaxScale,
+                                    workspace: workspace?.pointer ?? 0)
+                    }
                     withExtendedLifetime(workspace) {}
                     lastAttentionPath = "cudnn"
                     return out
@@ -564,7 +583,7 @@ public final class CUDABackend: Backend {
                 let vh = v.pointer + CUdeviceptr(b * keys * width * 2) + offset
                 let oh = out.pointer + CUdeviceptr(b * queries * width * 2) + offset
                 let s = GemmOperands(x: qh, w: kh, out: scores.pointer)
-                try plan(scoreKey, operands: s).run(s, stream: stream)
+                try runGemm(scoreKey, s)
                 try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (queries, 1, 1), block: (256, 1, 1)) {
                     $0.add(probabilities.pointer); $0.add(scores.pointer)
                     $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
@@ -575,7 +594,7 @@ public final class CUDABackend: Backend {
                     $0.add(vt.pointer); $0.add(vh); $0.add(UInt64(keys)); $0.add(Int32(d)); $0.add(UInt64(width))
                 }
                 let o = GemmOperands(x: probabilities.pointer, w: vt.pointer, out: oh)
-                try plan(outKey, operands: o).run(o, stream: stream)
+                try runGemm(outKey, o)
             }
         }
         withExtendedLifetime((scores, probabilities, vt)) {}
@@ -716,8 +735,10 @@ public final class CUDABackend: Backend {
                 if let chosen = fused ?? plan(bias: false, residual: false) {
                     var y = try empty([batch, outH, outW, outC])
                     let workspace = chosen.workspaceBytes > 0 ? try pool.allocate(chosen.workspaceBytes) : nil
-                    try dnn.runConvolution(chosen, x: x.pointer, w: weight.pointer, y: y.pointer, bias: nullable(bias),
-                                           residual: nullable(residual), workspace: workspace?.pointer ?? 0)
+                    try profiled("cudnn conv \(kh)x\(kw) \(height)x\(width)x\(inC)->\(outC)\(fused != nil && residual != nil ? " +res" : "")") {
+                        try dnn.runConvolution(chosen, x: x.pointer, w: weight.pointer, y: y.pointer, bias: nullable(bias),
+                                               residual: nullable(residual), workspace: workspace?.pointer ?? 0)
+                    }
                     withExtendedLifetime(workspace) {}
                     lastConvolutionPath = fused != nil && (bias != nil || residual != nil) ? "cudnn fused" : "cudnn"
                     if fused == nil {

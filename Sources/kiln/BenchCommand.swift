@@ -1,6 +1,7 @@
 import ArgumentParser
 import KilnBackends
 import KilnCore
+import KilnCUDA
 import KilnPipeline
 #if canImport(Glibc)
 import Glibc
@@ -48,6 +49,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
         var decodeTimes: [Double] = []
         var pngTimes: [Double] = []
         var firstImage = 0.0
+        var profile: [OpProfile.Entry] = []
         for run in 0...runs {
             let start = MonotonicClock.now()
             var marks: [Int: Double] = [:]
@@ -68,7 +70,10 @@ struct BenchCommand: ParsableCommand, BackendJob {
             let pngStart = MonotonicClock.now()
             for image in images.batchItems() { _ = PNG.encode(image: image) }
             let end = MonotonicClock.now()
-            if run == 0 { firstImage = BenchCommand.secondsSinceProcessStart() }
+            if run == 0 {
+                firstImage = BenchCommand.secondsSinceProcessStart()
+                if let entries = try (backend as? CUDABackend)?.profile?.report() { profile = entries }
+            }
             if run > 0 || runs == 0 {
                 loopTimes.append((pipeline.lastLoop, loop))
                 decodeTimes.append(pngStart - decodeStart)
@@ -117,7 +122,13 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("process_start_to_first_image_s", .number(BenchCommand.rounded(firstImage))),
             ("peak_host_memory_mb", .number(Double(usage.ru_maxrss / 1024))),
             ("peak_device_memory_gb", backend.memoryReservedBytes.map { .number(BenchCommand.rounded(Double($0) / 1e9)) } ?? .null),
+            ("profile_first_run", .array(profile.map { .object([("op", .string($0.name)), ("calls", .number(Double($0.calls))),
+                                                                  ("ms", .number(BenchCommand.rounded($0.milliseconds)))]) })),
         ])
+        if !profile.isEmpty {
+            fputs("kiln: device time per op, first (eager) run: loop and VAE decode\n", stderr)
+            for e in profile.prefix(30) { fputs("  \(e.name + String(repeating: " ", count: max(0, 56 - e.name.count))) \(e.calls) calls  \(BenchCommand.rounded(e.milliseconds)) ms\n", stderr) }
+        }
         print(report.serialized)
         if let json { try FileIO.write(Array((report.serialized + "\n").utf8), to: json) }
     }

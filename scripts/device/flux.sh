@@ -45,6 +45,12 @@ for state in empty warm; do
   KILN_CACHE_DIR=$COLD $BIN bench --random-weights dev --device cuda --precision fp8 --width 1024 --height 1024 --steps 28 --runs 1 \
     --json "$OUT/coldstart-$state.json" 2>&1 | grep -v '^denoising' | tail -2
 done
+# Device time per op (CUDA events around every launch) of 2 eager steps and a VAE decode.
+for precision in bf16 fp8; do
+  echo "== op profile: dev 1024x1024 $precision, 2 eager steps and the VAE decode"
+  KILN_PROFILE=1 $BIN bench --random-weights dev --device cuda --precision $precision --width 1024 --height 1024 --steps 2 --runs 0 \
+    --json "$OUT/profile-$precision.json" 2>&1 | grep -v '^denoising' | grep -v '^{' | tail -32
+done
 for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
   steps=$([ $variant = dev ] && echo 28 || echo 4)
   echo "== kiln bench $variant 1024x1024 FP8, $steps steps"
