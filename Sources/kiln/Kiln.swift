@@ -9,7 +9,7 @@ struct Kiln: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "FLUX.1 text-to-image, natively.",
-        subcommands: [GenerateCommand.self, InspectCommand.self, BenchCommand.self, TokenizeCommand.self,
+        subcommands: [GenerateCommand.self, InspectCommand.self, BenchCommand.self, TokenizeCommand.self, EncodeCommand.self,
                       ParityCommand.self, DoctorCommand.self, CompileCommand.self, SelftestCommand.self])
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CLIP-L and T5-XXL at their real configs (FLUX.1's text_encoder / text_encoder_2) with random weights, against
 transformers on the GPU machine: FP32 is the reference, transformers BF16 and Kiln (CUDA, BF16) are compared to it on
-the prompt embeddings FluxPipeline would use. Kiln reads the saved folders with the committed tiny tokenizers
+the prompt embeddings FluxPipeline would use (`kiln encode --device cuda`). Kiln reads the saved folders with the committed tiny tokenizers
 (fixtures/text: CLIP's real 49408-token BPE; a small T5 unigram model whose ids all lie inside T5's 32128).
 Then `kiln bench` runs the whole dev pipeline at 1024x1024 with these encoders, for the peak device memory.
 
@@ -54,6 +54,10 @@ def build(model_class, config, layers):
                 p.zero_()
             else:
                 p.fill_(1)
+        # to_empty leaves buffers uninitialized too: CLIP's position ids must count 0..76 again.
+        for name, buffer in model.named_buffers():
+            if name.endswith("position_ids"):
+                buffer.copy_(torch.arange(buffer.shape[-1], device=buffer.device).expand_as(buffer))
     return model.eval()
 
 
@@ -86,19 +90,19 @@ def main():
         for dtype in (torch.bfloat16, torch.float32):
             clip.to(dtype)
             t5.to(dtype)
-            outputs[dtype] = (clip(clip_ids).pooler_output.float().cpu(), t5(t5_ids)[0].float().cpu())
+            clip_out = clip(clip_ids)
+            outputs[dtype] = (clip_out.pooler_output.float().cpu(), t5(t5_ids)[0].float().cpu(), clip_out.last_hidden_state.float().cpu())
     del clip, t5
     torch.cuda.empty_cache()
 
     embeds = os.path.join(folder, "kiln-embeds.safetensors")
-    subprocess.run([args.kiln, "generate", "--device", "cuda", "--random-weights", "dev", "--text-encoders", folder, "--prompt", PROMPT,
-                    "--no-prompt-cache", "--width", "256", "--height", "256", "--steps", "1", "--save-prompt-embeds", embeds,
-                    "--out", os.path.join(folder, "kiln.png")], check=True)
+    subprocess.run([args.kiln, "encode", "--device", "cuda", "--text-encoders", folder, "--prompt", PROMPT, "--out", embeds], check=True)
     kiln = load_file(embeds)
     fp32 = outputs[torch.float32]
     result = {
         "clip_pooled": {"transformers_bf16": rel(outputs[torch.bfloat16][0], fp32[0]), "kiln_bf16": rel(kiln["pooled_prompt_embeds"], fp32[0])},
         "t5": {"transformers_bf16": rel(outputs[torch.bfloat16][1], fp32[1]), "kiln_bf16": rel(kiln["prompt_embeds"], fp32[1])},
+        "clip_last_hidden": {"transformers_bf16": rel(outputs[torch.bfloat16][2], fp32[2]), "kiln_bf16": rel(kiln["clip_last_hidden"], fp32[2])},
     }
     result["kiln_vs_transformers_bf16"] = {"clip_pooled": rel(kiln["pooled_prompt_embeds"], outputs[torch.bfloat16][0]),
                                            "t5": rel(kiln["prompt_embeds"], outputs[torch.bfloat16][1])}

@@ -1,0 +1,54 @@
+import ArgumentParser
+import KilnBackends
+import KilnCore
+import KilnText
+
+/// `kiln encode`: the text encoders alone, writing the embeddings a `--prompt-embeds` run reads.
+struct EncodeCommand: ParsableCommand, BackendJob {
+    static let configuration = CommandConfiguration(
+        commandName: "encode",
+        abstract: "Run CLIP-L and T5 on a prompt and write prompt_embeds, pooled_prompt_embeds and CLIP's last hidden state.",
+        discussion: """
+            The output (safetensors, fp32) works as --prompt-embeds for generate and bench; `clip_last_hidden` [1, 77, 768] \
+            is CLIP's final-normed sequence, for checking the encoder.
+            """)
+
+    @Option(help: "A diffusers FLUX folder with tokenizer/, tokenizer_2/, text_encoder/ and text_encoder_2/.")
+    var textEncoders: String
+
+    @Option(help: "The prompt.")
+    var prompt: String?
+
+    @Option(help: "Read the prompt from this UTF-8 text file.")
+    var promptFile: String?
+
+    @Option(help: "T5 tokens the prompt is padded or truncated to.")
+    var maxSequenceLength = 512
+
+    @Option(help: "cpu or cuda.")
+    var device: String = "cpu"
+
+    @Option(help: "Where to write the embeddings (safetensors).")
+    var out: String
+
+    func validate() throws {
+        guard (prompt == nil) != (promptFile == nil) else { throw ValidationError("give exactly one of --prompt and --prompt-file") }
+        guard (1...4096).contains(maxSequenceLength) else { throw ValidationError("--max-sequence-length must be in 1...4096") }
+    }
+
+    func run() throws {
+        try reportingErrors { try runOnDevice(device, self) }
+    }
+
+    func execute<B: Backend>(on backend: B) throws {
+        try FileIO.checkWritable(out)
+        let text = try prompt ?? PromptFile.read(promptFile!)
+        guard !text.isEmpty else { throw KilnError.invalidArgument("the prompt is empty") }
+        let encoders = try TextEncoders.load(modelFolder: textEncoders, backend: backend)
+        let sequence = try encoders.t5(ids: encoders.t5Ids(text, maxLength: maxSequenceLength), backend)
+        let clip = try encoders.clip(ids: encoders.clipIds(text), backend)
+        try SafeTensorsWriter.write([.init("prompt_embeds", backend.host(sequence)), .init("pooled_prompt_embeds", backend.host(clip.pooled)),
+                                     .init("clip_last_hidden", backend.host(clip.lastHidden))],
+                                    metadata: ["prompt": text, "max_length": String(maxSequenceLength)], to: out)
+    }
+}
