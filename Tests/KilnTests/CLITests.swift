@@ -231,6 +231,24 @@ extension CLITests {
         XCTAssertEqual(entries.filter { $0.hasSuffix(".safetensors") }.count, 2)
     }
 
+    /// `kiln encode` writes the embeddings FluxPipeline computes, and rejects bad input.
+    func testEncodeWritesTheEmbeddings() throws {
+        let referencePath = Fixtures.path("reference/pipeline_prompt_a.safetensors")
+        let ref = try Checkpoint(path: referencePath)
+        let out = directory + "/encoded.safetensors"
+        let result = try kiln(["encode", "--text-encoders", Fixtures.path("tiny-flux-dev-text"), "--prompt", ref.metadata["prompt"]!,
+                               "--max-sequence-length", ref.metadata["max_sequence_length"]!, "--out", out])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let saved = try Checkpoint(path: out)
+        assertClose(try saved.tensor("prompt_embeds"), try ref.tensor("prompt_embeds"), tolerance: 1e-4, "encode T5 embeddings")
+        assertClose(try saved.tensor("pooled_prompt_embeds"), try ref.tensor("pooled_prompt_embeds"), tolerance: 1e-4, "encode pooled CLIP")
+        XCTAssertEqual(try saved.tensor("clip_last_hidden").shape.count, 3)
+        try assertRejected(["encode", "--text-encoders", Fixtures.path("tiny-flux-dev-text"), "--prompt", "", "--out", out],
+                           mentioning: "the prompt is empty")
+        try assertRejected(["encode", "--text-encoders", Fixtures.path("tiny-flux-dev"), "--prompt", "a cat", "--out", out],
+                           mentioning: "tokenizer")
+    }
+
     func testPromptInputsAreChecked() throws {
         let bad = directory + "/bad.txt"
         FileManager.default.createFile(atPath: bad, contents: Data([0x61, 0xFF, 0x62]))
