@@ -390,8 +390,8 @@ public final class GemmTuner: @unchecked Sendable {
     }
 
     /// Times each of `algorithms` (failures skipped), fastest first. Candidates are timed round-robin (`rounds`
-    /// passes of `repeats` calls each) and each keeps its median, so clock and power drift during tuning hits all
-    /// candidates alike.
+    /// passes of `repeats` calls each, every other pass in reverse order) and each keeps its median, so clock and
+    /// power drift during tuning hits all candidates alike.
     public func trials(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, algorithms: [GemmAlgorithm],
                        repeats: Int = 10, rounds: Int = 7) -> [Trial] {
         var usable: [GemmAlgorithm] = []
@@ -399,8 +399,9 @@ public final class GemmTuner: @unchecked Sendable {
             if (try? plan.run(operands, stream: stream, algorithm: a)) != nil, (try? stream.synchronize()) != nil { usable.append(a) }
         }
         var samples = [[Double]](repeating: [], count: usable.count)
-        for _ in 0..<rounds {
-            for (i, a) in usable.enumerated() {
+        for round in 0..<rounds {
+            for i in round % 2 == 0 ? Array(usable.indices) : usable.indices.reversed() {
+                let a = usable[i]
                 if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 1, repeats: repeats, batches: 1), ms.isFinite {
                     samples[i].append(ms)
                 }
@@ -408,6 +409,17 @@ public final class GemmTuner: @unchecked Sendable {
         }
         return zip(usable, samples).compactMap { a, s in s.isEmpty ? nil : Trial(algorithm: a, milliseconds: median(s)) }
             .sorted { $0.milliseconds < $1.milliseconds }
+    }
+
+    /// How many screened configurations go on to the full timing.
+    public var finalists = 16
+
+    /// `first` and every configuration cuBLASLt accepts for the plan, each timed briefly in two passes of opposite
+    /// order (a sustained search lowers the clocks, which would penalize whichever came last); fastest first.
+    public func screen(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, first: [GemmAlgorithm]) throws -> [Trial] {
+        var candidates = first
+        for e in try plan.enumerateAll() where !candidates.contains(e) { candidates.append(e) }
+        return trials(plan, operands, stream: stream, algorithms: candidates, repeats: 3, rounds: 2)
     }
 
     /// Sets `plan.algorithm` from the cache, or by timing; saves new choices.
@@ -421,9 +433,7 @@ public final class GemmTuner: @unchecked Sendable {
         var candidates = try plan.candidates(candidateCount)
         // Configurations outside the heuristic's list are checked against layouts only, not pointer alignment.
         if exhaustive && plan.key.alignment >= 256 {
-            for e in try plan.enumerateAll() where !candidates.contains(e) { candidates.append(e) }
-            let screened = trials(plan, operands, stream: stream, algorithms: candidates, repeats: 3, rounds: 1)
-            candidates = screened.prefix(candidateCount).map(\.algorithm)
+            candidates = try screen(plan, operands, stream: stream, first: candidates).prefix(finalists).map(\.algorithm)
         }
         var found = trials(plan, operands, stream: stream, algorithms: candidates)
         guard !found.isEmpty else { throw CUDAError(call: "autotune(\(plan.key))", status: -1, text: "no candidate ran") }

@@ -499,12 +499,10 @@ public final class GPUSelftest {
                 let heuristic = try plan.candidates(64)
                 try gpu.tuner.tune(plan, operands, stream: gpu.stream, force: true)
                 guard let chosen = plan.algorithm else { continue }
-                // Every configuration cuBLASLt accepts, screened with a short timing each; the best 8 re-timed.
-                let enumerated = try plan.enumerateAll()
-                var all = heuristic
-                for e in enumerated where !all.contains(e) { all.append(e) }
-                let screened = gpu.tuner.trials(plan, operands, stream: gpu.stream, algorithms: all, repeats: 3, rounds: 1)
-                let finalists = gpu.tuner.trials(plan, operands, stream: gpu.stream, algorithms: Array(screened.prefix(8)).map(\.algorithm))
+                // Every configuration cuBLASLt accepts, screened as the tuner does; the finalists re-timed.
+                let screened = try gpu.tuner.screen(plan, operands, stream: gpu.stream, first: heuristic)
+                let finalists = gpu.tuner.trials(plan, operands, stream: gpu.stream,
+                                                 algorithms: screened.prefix(gpu.tuner.finalists).map(\.algorithm))
                 guard let best = finalists.first else { continue }
                 // The autotuned choice, the best of all and the heuristic's first, timed round-robin.
                 let contenders = [chosen, best.algorithm, heuristic[0]]

@@ -34,6 +34,9 @@ echo "== PyTorch reference"
 PYTHONUNBUFFERED=1 python3 scripts/device/bench_torch.py --json "$OUT/torch.json" 2>&1 | tee -a "$LOG"
 # The selftest uses the same cuBLASLt as PyTorch (the venv's wheel), library for library; cuDNN comes from the
 # system loader path (both versions are printed).
+echo "== the cuBLASLt configuration torch.matmul runs at 4608x21504x3072 (API log)"
+CUBLASLT_LOG_LEVEL=5 CUBLASLT_LOG_FILE=$OUT/cublaslt-torch.log python3 scripts/device/torch_gemm_choice.py 4608 21504 3072 \
+  $OUT/cublaslt-torch.log 2>&1 | tail -20 | tee -a "$LOG"
 echo "== kiln selftest --gpu (KILN_CUDA_LIBS=$WHEEL_LIBS)"
 KILN_CUDA_LIBS=$WHEEL_LIBS $BIN selftest --gpu --json "$OUT/kiln.json" ${KILN_SELFTEST_ARGS:-} 2>&1 | tee "$OUT/selftest.txt"
 echo "selftest rc=${PIPESTATUS[0]}"
