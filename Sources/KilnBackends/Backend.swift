@@ -122,6 +122,8 @@ public protocol Backend: AnyObject {
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
     func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
                     rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor)
+    /// `residual + gate · linear(x)` (`gate` `[B, out]`): an output projection with FLUX's gated residual in its epilogue.
+    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor
     /// `residual + conv2d(x)`: a resnet's second convolution with its skip connection in the epilogue.
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor
 }
@@ -181,6 +183,10 @@ extension Backend {
 
     public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
         add(x, scaleChannels(y, by: gate))
+    }
+
+    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor {
+        gatedResidual(residual, gate: gate, linear(x, weight: weight, bias: bias))
     }
 
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor {

@@ -470,7 +470,8 @@ public final class CUDABackend: Backend {
 
     /// `x · wᵀ (+ bias)` with a fused epilogue; FP8 when the weight is FP8 (the activation is quantized per row
     /// first unless it already is).
-    public func gemm(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue) throws -> CUDATensor {
+    public func gemm(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue,
+                     accumulate residual: CUDATensor? = nil) throws -> CUDATensor {
         let k = x.shape.last!
         let n = weight.shape[0]
         precondition(weight.shape == [n, k], "linear: input \(x.shape) vs weight \(weight.shape)")
@@ -484,9 +485,16 @@ public final class CUDABackend: Backend {
             precondition(x.type != .fp8, "linear: an FP8 input needs FP8 weights (\(x.shape) x \(weight.shape))")
             requireBF16(x, op: "linear")
         }
-        let operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
+        var operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
                                     xScale: input.scales?.pointer, wScale: weight.scales?.pointer)
-        try runGemm(GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue), operands)
+        var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
+        if let residual {
+            requireBF16(residual, op: "linear residual")
+            precondition(residual.shape == out.shape, "linear: residual \(residual.shape) for output \(out.shape)")
+            key.accumulate = true
+            operands.accumulator = residual.pointer
+        }
+        try runGemm(key, operands)
         return out
     }
 
@@ -497,6 +505,27 @@ public final class CUDABackend: Backend {
             case .none: return try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias)
             case .silu: return activation(try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias), .silu)
             }
+        }
+    }
+
+    /// With FP8 weights and one gate row the whole expression is one GEMM: the gate scales the weight's per-channel
+    /// scales and the bias, and the residual comes in as C (`beta = 1`); otherwise the GEMM and a gated-residual pass.
+    public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, gate: CUDATensor, residual: CUDATensor) -> CUDATensor {
+        attempt {
+            let n = weight.shape[0]
+            let epilogue: GemmEpilogue = bias == nil ? .none : .bias
+            guard weight.type == .fp8, gate.count == n else {
+                return gated(residual, gate: gate, try gemm(x, weight: weight, bias: bias, epilogue: epilogue))
+            }
+            requireBF16(gate, op: "linear gate")
+            let scales = try pool.allocate(n * 4)
+            let gatedBias = try bias.map { _ in try empty([n]) }
+            try launchKernel("elementwise", "gate_scales", grid: ((n + 255) / 256, 1, 1), block: (256, 1, 1)) {
+                $0.add(scales.pointer); $0.add(nullable(gatedBias)); $0.add(gate.pointer); $0.add(weight.scales!.pointer)
+                $0.add(nullable(bias)); $0.add(Int32(n))
+            }
+            let gatedWeight = CUDATensor(storage: weight.storage, offset: weight.offset, shape: weight.shape, type: .fp8, scales: scales)
+            return try gemm(x, weight: gatedWeight, bias: gatedBias, epilogue: epilogue, accumulate: residual)
         }
     }
 

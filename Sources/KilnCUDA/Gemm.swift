@@ -36,6 +36,8 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
     public var strideX = 0, strideW = 0, strideOut = 0
     /// fp32 output instead of BF16 (attention scores).
     public var outputF32 = false
+    /// `Y = X · Wᵀ … + C`: the result added to an existing matrix (a residual), `GemmOperands.accumulator`.
+    public var accumulate = false
     /// Bytes every operand pointer is aligned to (cuBLASLt assumes 256 unless told; per-head pointers into a wider
     /// row can be aligned to less, and an algorithm that assumes more computes garbage).
     public var alignment = 256
@@ -53,6 +55,7 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
         var text = "\(precision.rawValue) m\(m) n\(n) k\(k) \(epilogue.rawValue)"
         if strideX > 0 || strideW > 0 || strideOut > 0 { text += " ld \(ldX),\(ldW),\(ldOut)" }
         if outputF32 { text += " f32" }
+        if accumulate { text += " +C" }
         if alignment < 256 { text += " align\(alignment)" }
         return text
     }
@@ -136,6 +139,8 @@ public struct GemmOperands {
     /// FP8: per-row scales of X ([M] fp32) and per-output-channel scales of W ([N] fp32).
     public var xScale: CUdeviceptr?
     public var wScale: CUdeviceptr?
+    /// C of an accumulating GEMM (laid out like the output).
+    public var accumulator: CUdeviceptr?
 
     public init(x: CUdeviceptr, w: CUdeviceptr, out: CUdeviceptr, bias: CUdeviceptr? = nil,
                 xScale: CUdeviceptr? = nil, wScale: CUdeviceptr? = nil) {
@@ -291,11 +296,12 @@ public final class GemmPlan: @unchecked Sendable {
             try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_A_SCALE_POINTER), ws)
             try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_POINTER), xs)
         }
+        if key.accumulate && operands.accumulator == nil { throw KilnError.invalidArgument("GEMM \(key) needs C") }
         var algo = (override ?? algorithm)!.raw
-        var alpha: Float = 1, beta: Float = 0
+        var alpha: Float = 1, beta: Float = key.accumulate ? 1 : 0
         try checkLt(kc_lt.cublasLtMatmul!(lt.handle, desc, &alpha, UnsafeRawPointer(bitPattern: UInt(operands.w)), layoutA,
                                           UnsafeRawPointer(bitPattern: UInt(operands.x)), layoutB, &beta,
-                                          UnsafeRawPointer(bitPattern: UInt(operands.out)), layoutD,
+                                          UnsafeRawPointer(bitPattern: UInt(operands.accumulator ?? operands.out)), layoutD,
                                           UnsafeMutableRawPointer(bitPattern: UInt(operands.out)), layoutD, &algo,
                                           UnsafeMutableRawPointer(bitPattern: UInt(lt.workspace.pointer)), CuBLASLt.workspaceBytes,
                                           stream.handle),

@@ -311,6 +311,18 @@ public final class GPUSelftest {
                     return (got, cpu.linear(xRows, weight: wd, bias: b, activation: act))
                 }
                 rows[rows.count - 1].note = "vs unquantized \(format(vsBF16, 2, exponent: true))"
+                // The gated residual folded into the FP8 GEMM (gate in the weight scales and bias, residual as C).
+                if shape.epilogue == .bias {
+                    let gate = rng.tensor([1, shape.n], scale: 0.5), residual = rng.tensor([m, shape.n])
+                    let (gg, gr) = (up(gate), up(residual))
+                    record("linear \(shape.name) gated + residual", [m, shape.n, shape.k], precision: "fp8", tolerance: 3e-2,
+                           time: { _ = self.gpu.linear(qx, weight: qw, bias: gb, gate: gg, residual: gr) }) {
+                        let y = down(gpu.linear(qx, weight: qw, bias: gb, gate: gg, residual: gr))
+                        let ref = cpu.gatedResidual(GPUSelftest.pickRows(residual, pick).reshaped([1, pick.count, shape.n]), gate: gate,
+                                                    cpu.linear(xRows, weight: wd, bias: b).reshaped([1, pick.count, shape.n]))
+                        return (GPUSelftest.pickRows(y.reshaped([m, shape.n]), pick), ref.reshaped([pick.count, shape.n]))
+                    }
+                }
             } catch { say("  FAIL fp8 \(shape.name): \(error)") }
         }
     }

@@ -33,6 +33,11 @@ public struct Linear<B: Backend> {
     public func callAsFunction(_ x: B.Tensor, _ backend: B, activation: Activation = .none) -> B.Tensor {
         backend.linear(x, weight: weight, bias: bias, activation: activation)
     }
+
+    /// `residual + gate · self(x)`, fused where the backend can.
+    public func callAsFunction(_ x: B.Tensor, _ backend: B, gate: B.Tensor, residual: B.Tensor) -> B.Tensor {
+        backend.linear(x, weight: weight, bias: bias, gate: gate, residual: residual)
+    }
 }
 
 /// A 2-D convolution with NHWC activations.

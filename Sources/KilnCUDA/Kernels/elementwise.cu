@@ -93,6 +93,17 @@ extern "C" __global__ void gated_residual_bf16(bf16 *out, const bf16 *residual, 
     }
 }
 
+/// An FP8 output projection with FLUX's gated residual: the gate [n] folds into the weight's per-output-channel scales
+/// and into the bias (either output may then feed the GEMM, which adds the residual as C).
+extern "C" __global__ void gate_scales(float *scales, bf16 *gatedBias, const bf16 *gate, const float *weightScales,
+                                       const bf16 *bias, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = bf2f(gate[i]);
+    scales[i] = g * weightScales[i];
+    if (bias) gatedBias[i] = f2bf(g * bf2f(bias[i]));
+}
+
 /// Copies `rows` rows of `cols` elements between strided 2-D regions (concat, slice).
 extern "C" __global__ void copy_rows_bf16(bf16 *dst, u64 dstStride, const bf16 *src, u64 srcStride, u64 rows, u64 cols) {
     const u64 n = rows * cols;

@@ -70,11 +70,9 @@ public struct DoubleStreamBlock<B: Backend> {
         let imageAttention = backend.slice(attended, axis: 1, textTokens..<total)
 
         func finish(_ x: B.Tensor, _ attention: B.Tensor, _ mod: [ModulationVectors<B.Tensor>], _ stream: StreamWeights<B>) -> B.Tensor {
-            var x = backend.gatedResidual(x, gate: mod[0].gate, stream.projection(attention, backend))
+            let x = stream.projection(attention, backend, gate: mod[0].gate, residual: x)
             let normed = backend.layerNormModulate(x, shift: mod[1].shift, scale: mod[1].scale, eps: 1e-6)
-            let mlp = stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend)
-            x = backend.gatedResidual(x, gate: mod[1].gate, mlp)
-            return x
+            return stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend, gate: mod[1].gate, residual: x)
         }
         return (finish(img, imageAttention, imageMod, image), finish(txt, textAttention, textMod, text))
     }

@@ -49,7 +49,6 @@ public struct SingleStreamBlock<B: Backend> {
         let mlp = mlpIn(normed, backend, activation: .geluTanh)
         let qk = backend.qkNormRoPE(q: q, k: k, qWeight: queryNorm, kWeight: keyNorm, eps: 1e-6, heads: heads, rope: rope)
         let attended = backend.attention(q: qk.q, k: qk.k, v: v, heads: heads, scale: nil, keyMask: nil)
-        let output = linear2(backend.concat([attended, mlp], axis: 2), backend)
-        return backend.gatedResidual(x, gate: mod.gate, output)
+        return linear2(backend.concat([attended, mlp], axis: 2), backend, gate: mod.gate, residual: x)
     }
 }
