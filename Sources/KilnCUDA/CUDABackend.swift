@@ -494,7 +494,27 @@ public final class CUDABackend: Backend {
             key.accumulate = true
             operands.accumulator = residual.pointer
         }
+        if precision == .fp8 && (bf16Fallbacks.contains(key) || (try? plan(key, operands: operands)) == nil) {
+            // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out): BF16 on
+            // dequantized operands instead.
+            bf16Fallbacks.insert(key)
+            let xBF16 = x.type == .fp8 ? try dequantizeRows(x) : x
+            return try gemm(xBF16, weight: try dequantizeRows(weight), bias: bias, epilogue: epilogue, accumulate: residual)
+        }
         try runGemm(key, operands)
+        return out
+    }
+
+    /// FP8 GEMM shapes that run in BF16 (no cuBLASLt FP8 kernel).
+    private var bf16Fallbacks: Set<GemmKey> = []
+
+    /// BF16 values of an FP8 tensor (codes times per-row scales).
+    func dequantizeRows(_ t: CUDATensor) throws -> CUDATensor {
+        let channels = t.shape.last!
+        let out = try empty(t.shape)
+        try launchKernel("norm", "dequantize_rows_fp8", grid: elementwiseGrid(t.count / 2), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(t.pointer); $0.add(t.scales!.pointer); $0.add(UInt64(t.count / channels)); $0.add(Int32(channels))
+        }
         return out
     }
 
@@ -754,6 +774,9 @@ public final class CUDABackend: Backend {
                 requireBF16(residual, op: "conv2d residual")
                 precondition(residual.shape == [batch, outH, outW, outC], "conv2d: residual \(residual.shape) for output \([batch, outH, outW, outC])")
             }
+            if convolutionKernel != .gemm, outC % 8 != 0, residual == nil, cudnn() != nil {
+                return try convolutionPaddingChannels(x, weight: weight, bias: bias, stride: stride, padding: padding)
+            }
             if convolutionKernel != .gemm, let dnn = cudnn() {
                 func plan(bias: Bool, residual: Bool) -> CuDNN.Plan? {
                     dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
@@ -797,6 +820,26 @@ public final class CUDABackend: Backend {
             let y = reshape(try gemm(flat, weight: w2, bias: bias, epilogue: bias == nil ? .none : .bias), [batch, outH, outW, outC])
             return residual.map { add($0, y) } ?? y
         }
+    }
+
+    /// A convolution whose output channels are not a multiple of 8 (the VAE's last, 128 → 3): cuDNN's engines for
+    /// such outputs are slow (70 ms at 1024x1024 where 8 channels take well under one), so the filter and bias are
+    /// zero-padded to a multiple of 8 and the extra channels dropped after.
+    func convolutionPaddingChannels(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) throws -> CUDATensor {
+        let outC = weight.shape[0], padded = (outC + 7) / 8 * 8
+        let filter = try empty([padded] + weight.shape.dropFirst())
+        try DeviceCopy.fill16(filter.pointer, value: 0, count: filter.count, stream: stream)
+        try DeviceCopy.copy(weight.pointer, to: filter.pointer, bytes: weight.bytes, stream: stream)
+        let paddedBias = try bias.map { b -> CUDATensor in
+            let t = try empty([padded])
+            try DeviceCopy.fill16(t.pointer, value: 0, count: padded, stream: stream)
+            try DeviceCopy.copy(b.pointer, to: t.pointer, bytes: b.bytes, stream: stream)
+            return t
+        }
+        let wide = convolution(x, weight: filter, bias: paddedBias, stride: stride, padding: padding, residual: nil)
+        let out = try empty(Array(wide.shape.dropLast()) + [outC])
+        try copyRows(dst: out.pointer, dstStride: outC, src: wide.pointer, srcStride: padded, rows: out.count / outC, cols: outC)
+        return out
     }
 
     func biasAdd(_ y: CUDATensor, _ bias: CUDATensor) throws -> CUDATensor {

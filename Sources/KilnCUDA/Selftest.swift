@@ -411,7 +411,7 @@ public final class GPUSelftest {
         let cases: [(x: [Int], o: Int, k: Int, stride: Int, pad: Padding, bias: Bool)] = [
             ([1, 32, 32, 64], 128, 3, 1, .uniform(1), true), ([1, 32, 32, 128], 128, 3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), true),
             ([1, 64, 64, 256], 128, 1, 1, .uniform(0), true), ([1, 128, 128, 16], 512, 3, 1, .uniform(1), true),
-            ([2, 16, 16, 128], 8, 3, 1, .uniform(1), false),
+            ([2, 16, 16, 128], 8, 3, 1, .uniform(1), false), ([1, 48, 40, 128], 3, 3, 1, .uniform(1), true),
         ]
         let saved = gpu.convolutionKernel
         defer { gpu.convolutionKernel = saved }

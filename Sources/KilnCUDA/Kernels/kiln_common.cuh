@@ -32,6 +32,14 @@ __device__ __forceinline__ unsigned short pack_e4m3x2(float lo, float hi) {
     return r;
 }
 
+/// An e4m3 pair (`lo` in the low byte) to two floats.
+__device__ __forceinline__ void unpack_e4m3x2(unsigned short v, float &lo, float &hi) {
+    unsigned h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"((unsigned short)(h2 & 0xffffu)));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"((unsigned short)(h2 >> 16)));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -93,18 +93,53 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
 }
 
 /// Per-row dynamic FP8 quantization of a bf16 matrix [rows, C] (C even): e4m3 values and fp32 scales (amax / 448).
-/// Used for activations before an FP8 GEMM and for weights (per output channel) at load.
+/// Used for activations before an FP8 GEMM and for weights (per output channel) at load. One warp per row, 16-byte
+/// loads where C is a multiple of 8 and the rows are aligned.
 extern "C" __global__ void quantize_rows_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, u64 rows, int channels) {
     const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const bf16 *xr = x + row * channels;
+    fp8e4m3 *outRow = out + row * channels;
+    const bool vec = channels % 8 == 0 && aligned16(x) && ((u64)out & 7) == 0;
     float amax = 0.f;
-    for (int c = lane; c < channels; c += 32) amax = fmaxf(amax, fabsf(bf2f(xr[c])));
+    if (vec) {
+        for (int c = 8 * lane; c < channels; c += 256) {
+            float v[8];
+            load8(xr, c, channels, true, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
+        }
+    } else {
+        for (int c = lane; c < channels; c += 32) amax = fmaxf(amax, fabsf(bf2f(xr[c])));
+    }
     amax = warp_max(amax);
     const float s = fmaxf(amax, 1e-12f) / 448.f;
     const float r = 1.f / s;
     if (lane == 0) rowScale[row] = s;
-    for (int c = 2 * lane; c + 1 < channels; c += 64)
-        *(unsigned short *)(out + row * channels + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
+    if (vec) {
+        for (int c = 8 * lane; c < channels; c += 256) {
+            float v[8];
+            load8(xr, c, channels, true, v);
+            const unsigned lo = pack_e4m3x2(v[0] * r, v[1] * r) | ((unsigned)pack_e4m3x2(v[2] * r, v[3] * r) << 16);
+            const unsigned hi = pack_e4m3x2(v[4] * r, v[5] * r) | ((unsigned)pack_e4m3x2(v[6] * r, v[7] * r) << 16);
+            *reinterpret_cast<uint2 *>(outRow + c) = make_uint2(lo, hi);
+        }
+    } else {
+        for (int c = 2 * lane; c + 1 < channels; c += 64)
+            *(unsigned short *)(outRow + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
+    }
+}
+
+/// The inverse, for GEMM shapes cuBLASLt runs only in BF16: out[r, c] = codes[r, c] · scale[r] (C even).
+extern "C" __global__ void dequantize_rows_fp8(bf16 *out, const fp8e4m3 *codes, const float *rowScale, u64 rows, int channels) {
+    const u64 pairs = rows * (u64)channels / 2;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < pairs; i += (u64)gridDim.x * blockDim.x) {
+        unsigned c;
+        const u64 row = divmod(2 * i, channels, c);
+        float lo, hi;
+        unpack_e4m3x2(*reinterpret_cast<const unsigned short *>(codes + 2 * i), lo, hi);
+        const float s = rowScale[row];
+        *reinterpret_cast<unsigned *>(out + 2 * i) = pack_bf16x2(lo * s, hi * s);
+    }
 }
