@@ -11,16 +11,20 @@ export KILN_KERNEL_DIR=${KILN_KERNEL_DIR:-$PWD/Sources/KilnCUDA/Kernels}
 export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
 export KILN_CUDA_LIBS=${KILN_CUDA_LIBS:-$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)}
 SIZES=${KILN_FLUX_SIZES:-1024x1024 768x1360 512x512}
+# Parts can be left out to fit a call: KILN_FLUX_PARTS lists tiny, bf16, cold, profile, fp8, batch (default: all).
+PARTS=" ${KILN_FLUX_PARTS:-tiny bf16 cold profile fp8 batch} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site
 # Tiny fixtures through the CUDA backend (BF16) against diffusers fp32: the whole pipeline, also from a prompt.
-for case in "tiny-flux-dev pipeline_dev_96x160 96 160 4" "tiny-flux-schnell pipeline_schnell_128x128 128 128 2"; do
+part tiny && for case in "tiny-flux-dev pipeline_dev_96x160 96 160 4" "tiny-flux-schnell pipeline_schnell_128x128 128 128 2"; do
   set -- $case
   ref=fixtures/reference/$2.safetensors
   $BIN generate --device cuda --model fixtures/$1 --latents $ref --prompt-embeds $ref --height $3 --width $4 --steps $5 \
     --save-latents "$OUT/$2-cuda.safetensors" --out "$OUT/$2-cuda.png" 2>&1 | grep -v '^denoising' | tail -2
   python3 scripts/device/compare.py "$OUT/$2-cuda.safetensors:latents" "$ref:final_latents" "CUDA $1 $2 final latents"
 done
+if part tiny; then
 ref=fixtures/reference/pipeline_prompt_a.safetensors
 $BIN generate --device cuda --model fixtures/tiny-flux-dev-text --prompt "a red kiln at dusk, 35mm photo" --latents $ref \
   --height 128 --width 128 --steps 3 --save-latents "$OUT/prompt-cuda.safetensors" --save-prompt-embeds "$OUT/prompt-embeds-cuda.safetensors" \
@@ -28,8 +32,9 @@ $BIN generate --device cuda --model fixtures/tiny-flux-dev-text --prompt "a red 
 python3 scripts/device/compare.py "$OUT/prompt-embeds-cuda.safetensors:prompt_embeds" "$ref:prompt_embeds" "CUDA T5 embeddings"
 python3 scripts/device/compare.py "$OUT/prompt-embeds-cuda.safetensors:pooled_prompt_embeds" "$ref:pooled_prompt_embeds" "CUDA CLIP pooled"
 python3 scripts/device/compare.py "$OUT/prompt-cuda.safetensors:latents" "$ref:final_latents" "CUDA prompt final latents"
+fi
 
-for variant in dev schnell; do
+part bf16 && for variant in dev schnell; do
   steps=$([ $variant = dev ] && echo 28 || echo 4)
   for size in $SIZES; do
     [ $variant = schnell ] && [ $size != 1024x1024 ] && continue
@@ -40,26 +45,25 @@ for variant in dev schnell; do
 done
 # Cold start: process start to first image with empty caches (NVRTC kernels, GEMM choices), then again with them warm.
 COLD=$(mktemp -d)
-for state in empty warm; do
+part cold && for state in empty warm; do
   echo "== cold start, caches $state: dev 1024x1024 FP8"
   KILN_CACHE_DIR=$COLD $BIN bench --random-weights dev --device cuda --precision fp8 --width 1024 --height 1024 --steps 28 --runs 1 \
     --json "$OUT/coldstart-$state.json" 2>&1 | grep -v '^denoising' | tail -2
 done
 # Device time per op (CUDA events around every launch) of 2 eager steps and a VAE decode.
-for precision in bf16 fp8; do
+part profile && for precision in ${KILN_PROFILE_PRECISIONS-bf16 fp8}; do
   echo "== op profile: dev 1024x1024 $precision, 2 eager steps and the VAE decode"
   KILN_PROFILE=1 $BIN bench --random-weights dev --device cuda --precision $precision --width 1024 --height 1024 --steps 2 --runs 0 \
     --json "$OUT/profile-$precision.json" 2>&1 | grep -v '^denoising' | grep -v '^{' | tail -32
 done
-for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
+part fp8 && for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
   steps=$([ $variant = dev ] && echo 28 || echo 4)
   echo "== kiln bench $variant 1024x1024 FP8, $steps steps"
   $BIN bench --random-weights $variant --device cuda --precision fp8 --width 1024 --height 1024 --steps $steps --runs 3 \
     --json "$OUT/kiln-$variant-fp8-1024x1024.json" 2>&1 | grep -v '^denoising' | tail -3
 done
 # Batch 2 (its images equal single runs with seed + index: a CPU test checks that); outside the ratio table.
-echo "== kiln bench dev 512x512 batch 2"
-$BIN bench --random-weights dev --device cuda --width 512 --height 512 --steps 4 --batch 2 --runs 2 \
+part batch && echo "== kiln bench dev 512x512 batch 2" && $BIN bench --random-weights dev --device cuda --width 512 --height 512 --steps 4 --batch 2 --runs 2 \
   --json "$OUT/batch2-dev-512x512.json" 2>&1 | grep -v '^denoising' | tail -3
 echo "== diffusers eager BF16"
 PYTHONUNBUFFERED=1 python3 scripts/device/flux_torch.py --json "$OUT/torch-flux.json" --sizes "$(echo $SIZES | tr ' ' ',')"
