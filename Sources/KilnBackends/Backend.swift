@@ -122,10 +122,26 @@ public protocol Backend: AnyObject {
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
     func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
                     rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor)
+    /// Attention's inputs from one or more streams' fused projections `[B, Lᵢ, 3·H·D]` (Q, K, V side by side): joint
+    /// `[B, ΣLᵢ, H·D]` Q, K and V in stream order, Q and K per-head RMS-normed and rotated by their stream's table.
+    /// FLUX's double blocks join text and image this way; single blocks pass one stream.
+    func attentionInputs(_ streams: [QKVStream<Tensor>], eps: Float, heads: Int) -> (q: Tensor, k: Tensor, v: Tensor)
     /// `residual + gate · linear(x)` (`gate` `[B, out]`): an output projection with FLUX's gated residual in its epilogue.
     func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor
     /// `residual + conv2d(x)`: a resnet's second convolution with its skip connection in the epilogue.
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor
+}
+
+/// One stream's fused Q, K, V projection with its QK-norm weights `[D]` and rotary table, for `attentionInputs`.
+public struct QKVStream<Tensor> {
+    public var qkv: Tensor
+    public var queryNorm: Tensor
+    public var keyNorm: Tensor
+    public var rope: RotaryTable<Tensor>?
+
+    public init(qkv: Tensor, queryNorm: Tensor, keyNorm: Tensor, rope: RotaryTable<Tensor>?) {
+        (self.qkv, self.queryNorm, self.keyNorm, self.rope) = (qkv, queryNorm, keyNorm, rope)
+    }
 }
 
 /// Device work recorded once and replayed with one launch (a CUDA graph).
@@ -183,6 +199,16 @@ extension Backend {
 
     public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
         add(x, scaleChannels(y, by: gate))
+    }
+
+    public func attentionInputs(_ streams: [QKVStream<Tensor>], eps: Float, heads: Int) -> (q: Tensor, k: Tensor, v: Tensor) {
+        let parts = streams.map { s -> (q: Tensor, k: Tensor, v: Tensor) in
+            let qkv = chunk(s.qkv, 3)
+            let qk = qkNormRoPE(q: qkv[0], k: qkv[1], qWeight: s.queryNorm, kWeight: s.keyNorm, eps: eps, heads: heads, rope: s.rope)
+            return (qk.q, qk.k, qkv[2])
+        }
+        if parts.count == 1 { return parts[0] }
+        return (concat(parts.map(\.q), axis: 1), concat(parts.map(\.k), axis: 1), concat(parts.map(\.v), axis: 1))
     }
 
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor {

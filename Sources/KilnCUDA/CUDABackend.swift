@@ -302,14 +302,24 @@ public final class CUDABackend: Backend {
         return CUDATensor(storage: x.storage, offset: x.offset, shape: shape, type: x.type, scales: x.scales)
     }
 
-    /// Rows `range` of an FP8 matrix (a quantized weight split at load), with their scales.
-    func sliceRows(_ x: CUDATensor, axis: Int, _ range: Range<Int>) throws -> CUDATensor {
-        precondition(x.shape.count == 2 && axis == 0 && range.lowerBound >= 0 && range.upperBound <= x.shape[0],
-                     "slice: FP8 tensors split along rows only (\(x.shape), axis \(axis), \(range))")
-        let columns = x.shape[1]
-        let out = try empty([range.count, columns], .fp8)
-        try DeviceCopy.copy(x.pointer + CUdeviceptr(range.lowerBound * columns), to: out.pointer, bytes: range.count * columns, stream: stream)
-        try DeviceCopy.copy(x.scales!.pointer + CUdeviceptr(range.lowerBound * 4), to: out.scales!.pointer, bytes: range.count * 4, stream: stream)
+    /// Rows or columns `range` of an FP8 matrix (a quantized weight split at load), with their per-row scales. Split
+    /// columns keep their rows' scales: each part is the same codes times the same scale.
+    func sliceFP8(_ x: CUDATensor, axis: Int, _ range: Range<Int>) throws -> CUDATensor {
+        precondition(x.shape.count == 2 && (axis == 0 || axis == 1) && range.lowerBound >= 0 && range.upperBound <= x.shape[axis],
+                     "slice: FP8 tensors split as matrices (\(x.shape), axis \(axis), \(range))")
+        let (rows, columns) = (x.shape[0], x.shape[1])
+        if axis == 0 {
+            let out = try empty([range.count, columns], .fp8)
+            try DeviceCopy.copy(x.pointer + CUdeviceptr(range.lowerBound * columns), to: out.pointer, bytes: range.count * columns, stream: stream)
+            try DeviceCopy.copy(x.scales!.pointer + CUdeviceptr(range.lowerBound * 4), to: out.scales!.pointer, bytes: range.count * 4, stream: stream)
+            return out
+        }
+        precondition(range.lowerBound % 2 == 0 && range.count % 2 == 0 && columns % 2 == 0, "slice: FP8 columns \(range) of \(x.shape) must be even")
+        let out = try empty([rows, range.count], .fp8)
+        // Byte pairs moved as 2-byte elements by the row copy kernel.
+        try copyRows(dst: out.pointer, dstStride: range.count / 2, src: x.pointer + CUdeviceptr(range.lowerBound), srcStride: columns / 2,
+                     rows: rows, cols: range.count / 2)
+        try DeviceCopy.copy(x.scales!.pointer, to: out.scales!.pointer, bytes: rows * 4, stream: stream)
         return out
     }
 
@@ -343,7 +353,7 @@ public final class CUDABackend: Backend {
 
     public func slice(_ x: CUDATensor, axis: Int, _ range: Range<Int>) -> CUDATensor {
         attempt {
-            if x.type == .fp8 { return try sliceRows(x, axis: axis, range) }
+            if x.type == .fp8 { return try sliceFP8(x, axis: axis, range) }
             requireBF16(x, op: "slice")
             precondition(range.lowerBound >= 0 && range.upperBound <= x.shape[axis], "slice \(range) of axis \(axis) in \(x.shape)")
             let outer = x.shape[..<axis].reduce(1, *)
@@ -727,11 +737,51 @@ public final class CUDABackend: Backend {
         if let table { precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "rope: table \(table.cos.shape) for L \(length) D \(dim)") }
         let rows = x.count / dim
         let out = try empty(x.shape)
-        try launchKernel("rope", "norm_rope_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
-            $0.add(out.pointer); $0.add(x.pointer); $0.add(nullable(weight)); $0.add(nullable(table?.cos)); $0.add(nullable(table?.sin))
-            $0.add(eps); $0.add(UInt64(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(dim))
-        }
+        try launchNormRoPE(out: out.pointer, x: x.pointer, weight: weight, table: table, eps: eps, rows: rows, length: length, heads: heads,
+                           dim: dim, tokenStride: heads * dim, outLength: length, outOffset: 0)
         return out
+    }
+
+    /// The norm + RoPE kernel over `rows` (token, head) rows of input tokens `tokenStride` elements apart, written to
+    /// rows `outOffset ..< outOffset + length` of each batch item's `outLength` output tokens.
+    func launchNormRoPE(out: CUdeviceptr, x: CUdeviceptr, weight: CUDATensor?, table: RotaryTable<CUDATensor>?, eps: Float, rows: Int,
+                        length: Int, heads: Int, dim: Int, tokenStride: Int, outLength: Int, outOffset: Int) throws {
+        try launchKernel("rope", "norm_rope_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+            $0.add(out); $0.add(x); $0.add(nullable(weight)); $0.add(nullable(table?.cos)); $0.add(nullable(table?.sin))
+            $0.add(eps); $0.add(UInt64(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(dim))
+            $0.add(UInt64(tokenStride)); $0.add(Int32(outLength)); $0.add(Int32(outOffset))
+        }
+    }
+
+    /// Q and K go from the fused projections through the norm + RoPE kernel straight into the joint tensors (no
+    /// slices, no concatenation); V is copied into place by rows.
+    public func attentionInputs(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int) -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
+        attempt {
+            let batch = streams[0].qkv.shape[0], width = streams[0].qkv.shape[2] / 3, dim = width / heads
+            let total = streams.reduce(0) { $0 + $1.qkv.shape[1] }
+            let (q, k, v) = (try empty([batch, total, width]), try empty([batch, total, width]), try empty([batch, total, width]))
+            var offset = 0
+            for s in streams {
+                requireBF16(s.qkv, s.queryNorm, s.keyNorm, op: "attentionInputs")
+                let length = s.qkv.shape[1]
+                precondition(s.qkv.shape == [batch, length, 3 * width], "attentionInputs: projection \(s.qkv.shape) with \(width) channels")
+                if let table = s.rope {
+                    precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "attentionInputs: table \(table.cos.shape) for L \(length) D \(dim)")
+                }
+                for (out, column, weight) in [(q, 0, s.queryNorm), (k, width, s.keyNorm)] {
+                    try launchNormRoPE(out: out.pointer, x: s.qkv.pointer + CUdeviceptr(column * 2), weight: weight, table: s.rope, eps: eps,
+                                       rows: batch * length * heads, length: length, heads: heads, dim: dim, tokenStride: 3 * width,
+                                       outLength: total, outOffset: offset)
+                }
+                for b in 0..<batch {
+                    try copyRows(dst: v.pointer + CUdeviceptr((b * total + offset) * width * 2), dstStride: width,
+                                 src: s.qkv.pointer + CUdeviceptr((b * length * 3 * width + 2 * width) * 2), srcStride: 3 * width,
+                                 rows: length, cols: width)
+                }
+                offset += length
+            }
+            return (q, k, v)
+        }
     }
 
     public func rope(_ x: CUDATensor, _ table: RotaryTable<CUDATensor>) -> CUDATensor {

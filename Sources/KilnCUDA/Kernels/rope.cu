@@ -1,16 +1,22 @@
 // Per-head RMS norm and rotary embedding, fused: one warp per (token, head) row of D = 32 * PER lanes' elements.
 #include "kiln_common.cuh"
 
-/// x [B, L, H*D] (or [B, L, H, D]); weight [D] or null (no norm); cos/sin [L, D] or null (no rotation).
+/// x: B·L tokens of H heads of D, `tokenStride` elements apart (H·D when packed; 3·H·D reading Q or K inside a fused
+/// QKV projection); out: the same heads packed, into tokens outOffset ..< outOffset + L of each batch item's outLength
+/// (a joint sequence of several streams). weight [D] or null (no norm); cos/sin [L, D] or null (no rotation).
 /// Rotation of pairs (2i, 2i+1): out[2i] = x[2i] cos[2i] - x[2i+1] sin[2i]; out[2i+1] = x[2i+1] cos[2i+1] + x[2i] sin[2i+1].
 extern "C" __global__ void norm_rope_bf16(bf16 *out, const bf16 *x, const bf16 *weight, const bf16 *cosTable,
-                                          const bf16 *sinTable, float eps, u64 rows, int length, int heads, int dim) {
+                                          const bf16 *sinTable, float eps, u64 rows, int length, int heads, int dim,
+                                          u64 tokenStride, int outLength, int outOffset) {
     const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const int l = (int)((row / heads) % length);
-    const bf16 *xr = x + row * dim;
-    bf16 *o = out + row * dim;
+    const u64 token = row / heads;
+    const int h = (int)(row - token * heads);
+    const int l = (int)(token % length);
+    const u64 b = token / length;
+    const bf16 *xr = x + token * tokenStride + (u64)h * dim;
+    bf16 *o = out + ((b * outLength + outOffset + l) * heads + h) * (u64)dim;
     float inv = 1.f;
     if (weight) {
         float sq = 0.f;

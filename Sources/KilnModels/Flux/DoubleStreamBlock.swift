@@ -48,22 +48,15 @@ public struct DoubleStreamBlock<B: Backend> {
         let imageMod = Array(modulation[0..<2])
         let textMod = Array(modulation[2..<4])
 
-        func projectQKV(_ x: B.Tensor, _ mod: ModulationVectors<B.Tensor>, _ stream: StreamWeights<B>) -> [B.Tensor] {
+        func projectQKV(_ x: B.Tensor, _ mod: ModulationVectors<B.Tensor>, _ stream: StreamWeights<B>,
+                        _ rope: RotaryTable<B.Tensor>?) -> QKVStream<B.Tensor> {
             let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)
-            return backend.chunk(stream.qkv(normed, backend), 3)
+            return QKVStream(qkv: stream.qkv(normed, backend), queryNorm: stream.queryNorm, keyNorm: stream.keyNorm, rope: rope)
         }
-        let imageQKV = projectQKV(img, imageMod[0], image)
-        let textQKV = projectQKV(txt, textMod[0], text)
         let textTokens = backend.shape(txt)[1]
-
-        // Rotary embedding is per position, so each stream takes its own rows of the joint table (text first).
-        let imageQK = backend.qkNormRoPE(q: imageQKV[0], k: imageQKV[1], qWeight: image.queryNorm, kWeight: image.keyNorm,
-                                         eps: 1e-6, heads: heads, rope: rope?.image)
-        let textQK = backend.qkNormRoPE(q: textQKV[0], k: textQKV[1], qWeight: text.queryNorm, kWeight: text.keyNorm,
-                                        eps: 1e-6, heads: heads, rope: rope?.text)
-        let q = backend.concat([textQK.q, imageQK.q], axis: 1)
-        let k = backend.concat([textQK.k, imageQK.k], axis: 1)
-        let v = backend.concat([textQKV[2], imageQKV[2]], axis: 1)
+        // One joint sequence, text first; rotary embedding is per position, so each stream takes its own rows of the table.
+        let (q, k, v) = backend.attentionInputs([projectQKV(txt, textMod[0], text, rope?.text), projectQKV(img, imageMod[0], image, rope?.image)],
+                                                eps: 1e-6, heads: heads)
         let attended = backend.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
         let total = backend.shape(attended)[1]
         let textAttention = backend.slice(attended, axis: 1, 0..<textTokens)

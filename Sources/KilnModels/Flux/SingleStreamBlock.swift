@@ -1,22 +1,23 @@
 import KilnBackends
 
 /// A FLUX single-stream block over the joint sequence: projections to Q, K, V and to the MLP input (one matrix in the
-/// checkpoint), attention and GELU side by side, one output projection of both.
+/// checkpoint), attention and GELU side by side, one output projection of both (run as two accumulating GEMMs over
+/// its input halves, so the two activations are never copied side by side).
 public struct SingleStreamBlock<B: Backend> {
     let modulationLayer: Modulation<B>
     /// `linear1`'s two halves: Q, K, V (3·hidden outputs) and the MLP input.
     let qkv: Linear<B>
     let mlpIn: Linear<B>
-    let linear2: Linear<B>
+    /// `linear2`'s columns over the attention output (with the bias) and over the MLP activation.
+    let attentionOut: Linear<B>
+    let mlpOut: Linear<B>
     let queryNorm: B.Tensor
     let keyNorm: B.Tensor
-    let hidden: Int
     let heads: Int
 
     /// Loads `single_blocks.N` (canonical BFL names).
     public init(_ loader: WeightLoader<B>, config: FluxConfig) throws {
         let h = config.hidden
-        hidden = h
         heads = config.heads
         modulationLayer = try Modulation(loader.scoped("modulation"), hidden: h, count: 1)
         // The checkpoint fuses QKV and the MLP input into one matrix; two GEMMs are as fast as one (FLUX.1 on the H100:
@@ -28,7 +29,9 @@ public struct SingleStreamBlock<B: Backend> {
         }
         qkv = rows(0..<(3 * h))
         mlpIn = rows((3 * h)..<(3 * h + config.mlpHidden))
-        linear2 = try loader.linear("linear2", in: h + config.mlpHidden, out: h)
+        let linear2 = try loader.linear("linear2", in: h + config.mlpHidden, out: h)
+        attentionOut = Linear(weight: backend.slice(linear2.weight, axis: 1, 0..<h), bias: linear2.bias)
+        mlpOut = Linear(weight: backend.slice(linear2.weight, axis: 1, h..<(h + config.mlpHidden)), bias: nil)
         queryNorm = try loader.vector("norm.query_norm.scale", count: config.headDim)
         keyNorm = try loader.vector("norm.key_norm.scale", count: config.headDim)
     }
@@ -42,13 +45,10 @@ public struct SingleStreamBlock<B: Backend> {
     public func callAsFunction(_ x: B.Tensor, modulation mod: ModulationVectors<B.Tensor>, rope: RotaryTable<B.Tensor>?,
                                _ backend: B) -> B.Tensor {
         let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)
-        let projected = qkv(normed, backend)
-        let q = backend.slice(projected, axis: 2, 0..<hidden)
-        let k = backend.slice(projected, axis: 2, hidden..<(2 * hidden))
-        let v = backend.slice(projected, axis: 2, (2 * hidden)..<(3 * hidden))
+        let (q, k, v) = backend.attentionInputs([QKVStream(qkv: qkv(normed, backend), queryNorm: queryNorm, keyNorm: keyNorm, rope: rope)],
+                                                eps: 1e-6, heads: heads)
         let mlp = mlpIn(normed, backend, activation: .geluTanh)
-        let qk = backend.qkNormRoPE(q: q, k: k, qWeight: queryNorm, kWeight: keyNorm, eps: 1e-6, heads: heads, rope: rope)
-        let attended = backend.attention(q: qk.q, k: qk.k, v: v, heads: heads, scale: nil, keyMask: nil)
-        return linear2(backend.concat([attended, mlp], axis: 2), backend, gate: mod.gate, residual: x)
+        let attended = backend.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
+        return mlpOut(mlp, backend, gate: mod.gate, residual: attentionOut(attended, backend, gate: mod.gate, residual: x))
     }
 }
