@@ -46,6 +46,60 @@ __device__ __forceinline__ void block_row_moments(const bf16 *xr, int channels, 
     inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
 }
 
+/// Largest value over the block (blockDim.x a multiple of 32); every thread gets it.
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    v = warp_max(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = 0.f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
+// adaLN rows held in registers: each thread keeps up to ROW_CHUNKS 8-element chunks, so x is read once (16-byte loads).
+#define ROW_CHUNKS 4
+
+/// Whether a row of `channels` fits the register path of a block.
+__device__ __forceinline__ bool row_in_registers(int channels, const void *x) {
+    return channels % 8 == 0 && channels / 8 <= ROW_CHUNKS * (int)blockDim.x && aligned16(x);
+}
+
+/// layerNorm(x) * (1 + scale) + shift for the thread's chunks of one row, rounded to bf16 as the BF16 path stores it.
+__device__ __forceinline__ void modulated_row(float v[ROW_CHUNKS][8], const bf16 *xr, const bf16 *sh, const bf16 *sc,
+                                             int channels, float eps, float *scratch) {
+    const int chunks = channels / 8;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < ROW_CHUNKS; j++) {
+        const int c8 = threadIdx.x + j * blockDim.x;
+        if (c8 < chunks) {
+            load8(xr, 8 * c8, channels, true, v[j]);
+#pragma unroll
+            for (int k = 0; k < 8; k++) sum += v[j][k];
+        }
+    }
+    const float mean = block_sum(sum, scratch) / channels;
+    float sq = 0.f;
+#pragma unroll
+    for (int j = 0; j < ROW_CHUNKS; j++)
+        if (threadIdx.x + j * blockDim.x < chunks)
+#pragma unroll
+            for (int k = 0; k < 8; k++) { const float d = v[j][k] - mean; sq += d * d; }
+    const float inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
+#pragma unroll
+    for (int j = 0; j < ROW_CHUNKS; j++) {
+        const int c8 = threadIdx.x + j * blockDim.x;
+        if (c8 < chunks) {
+            float a[8], b[8];
+            load8(sc, 8 * c8, channels, aligned16(sc), a);
+            load8(sh, 8 * c8, channels, aligned16(sh), b);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[j][k] = bf2f(f2bf((v[j][k] - mean) * inv * (1.f + a[k]) + b[k]));
+        }
+    }
+}
+
 /// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C]. Block of 256 threads per row,
 /// statistics in fp32.
 extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *out, const bf16 *x, const bf16 *shift, const bf16 *scale,
@@ -56,6 +110,16 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *
     const bf16 *xr = x + row * channels;
     const bf16 *sh = shift + b * channels, *sc = scale + b * channels;
     bf16 *o = out + row * channels;
+    if (row_in_registers(channels, x) && aligned16(out)) {
+        float v[ROW_CHUNKS][8];
+        modulated_row(v, xr, sh, sc, channels, eps, scratch);
+#pragma unroll
+        for (int j = 0; j < ROW_CHUNKS; j++) {
+            const int c8 = threadIdx.x + j * blockDim.x;
+            if (c8 < channels / 8) store8(o, 8 * c8, channels, true, v[j]);
+        }
+        return;
+    }
     float mean, inv;
     block_row_moments(xr, channels, eps, scratch, mean, inv);
     for (int c = threadIdx.x; c < channels; c += blockDim.x)
@@ -66,11 +130,35 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *
 extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, const bf16 *shift,
                                                   const bf16 *scale, float eps, u64 rowsPerBatch, int channels) {
     __shared__ float scratch[32];
-    extern __shared__ float values[];  // channels floats
+    extern __shared__ float values[];  // channels floats (the scalar path)
     const u64 row = blockIdx.x;
     const u64 b = row / rowsPerBatch;
     const bf16 *xr = x + row * channels;
     const bf16 *sh = shift + b * channels, *sc = scale + b * channels;
+    fp8e4m3 *o = out + row * channels;
+    if (row_in_registers(channels, x) && ((u64)out & 7) == 0) {
+        float v[ROW_CHUNKS][8];
+        modulated_row(v, xr, sh, sc, channels, eps, scratch);
+        float amax = 0.f;
+#pragma unroll
+        for (int j = 0; j < ROW_CHUNKS; j++)
+            if (threadIdx.x + j * blockDim.x < channels / 8)
+#pragma unroll
+                for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
+        const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
+        const float r = 1.f / s;
+        if (threadIdx.x == 0) rowScale[row] = s;
+#pragma unroll
+        for (int j = 0; j < ROW_CHUNKS; j++) {
+            const int c8 = threadIdx.x + j * blockDim.x;
+            if (c8 < channels / 8) {
+                const unsigned lo = pack_e4m3x2(v[j][0] * r, v[j][1] * r) | ((unsigned)pack_e4m3x2(v[j][2] * r, v[j][3] * r) << 16);
+                const unsigned hi = pack_e4m3x2(v[j][4] * r, v[j][5] * r) | ((unsigned)pack_e4m3x2(v[j][6] * r, v[j][7] * r) << 16);
+                *reinterpret_cast<uint2 *>(o + 8 * c8) = make_uint2(lo, hi);
+            }
+        }
+        return;
+    }
     float mean, inv;
     block_row_moments(xr, channels, eps, scratch, mean, inv);
     float amax = 0.f;
@@ -79,17 +167,11 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
         values[c] = v;
         amax = fmaxf(amax, fabsf(v));
     }
-    __syncthreads();
-    amax = warp_max(amax);
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = amax;
-    __syncthreads();
-    amax = 0.f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) amax = fmaxf(amax, scratch[w]);
-    const float s = fmaxf(amax, 1e-12f) / 448.f;
+    const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
     const float r = 1.f / s;
     if (threadIdx.x == 0) rowScale[row] = s;
     for (int c = 2 * threadIdx.x; c + 1 < channels; c += 2 * blockDim.x)
-        *(unsigned short *)(out + row * channels + c) = pack_e4m3x2(values[c] * r, values[c + 1] * r);
+        *(unsigned short *)(o + c) = pack_e4m3x2(values[c] * r, values[c + 1] * r);
 }
 
 /// Per-row dynamic FP8 quantization of a bf16 matrix [rows, C] (C even): e4m3 values and fp32 scales (amax / 448).
