@@ -39,6 +39,9 @@ public protocol Backend: AnyObject {
     func tensor(_ host: HostTensor) -> Tensor
     /// Loads a weight. Backends may convert it (e.g. to BF16 or FP8); `role` says how it will be used.
     func weight(_ host: HostTensor, role: WeightRole) -> Tensor
+    /// A weight made of stored tensors joined along their first dimension (they share the others), e.g. a fused QKV
+    /// matrix from three files' tensors. The default decodes on the host; a device backend can move the stored bytes.
+    func weight(rows parts: [StoredTensor], role: WeightRole) -> Tensor
     /// A weight of seeded normal values `mean + std · n_i`, where n_i is the i-th normal of `NoiseGenerator(seed:)`;
     /// backends may generate it in place (random full-size models without a host round trip).
     func randomNormal(shape: [Int], seed: UInt64, mean: Float, std: Float, role: WeightRole) -> Tensor
@@ -175,6 +178,12 @@ public struct Padding: Equatable, Sendable {
 
 extension Backend {
     public func synchronize() throws {}
+
+    public func weight(rows parts: [StoredTensor], role: WeightRole) -> Tensor {
+        let decoded = parts.map { $0.decoded() }
+        let shape = [decoded.reduce(0) { $0 + ($1.shape.first ?? 1) }] + (decoded.first?.shape.dropFirst() ?? [])
+        return weight(HostTensor(shape: shape, data: decoded.flatMap(\.data)), role: role)
+    }
 
     public var memoryReservedBytes: Int? { nil }
 

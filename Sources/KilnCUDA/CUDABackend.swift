@@ -291,6 +291,41 @@ public final class CUDABackend: Backend {
         }
     }
 
+    /// Stored bytes go to the device as they are (one copy from the mapped file per part), then to BF16 on the GPU.
+    public func weight(rows parts: [StoredTensor], role: WeightRole) -> CUDATensor {
+        attempt {
+            guard let dtype = parts.first?.dtype, parts.allSatisfy({ $0.dtype == dtype }), dtype != .f8e4m3 else {
+                let decoded = parts.map { $0.decoded() }
+                let shape = [decoded.reduce(0) { $0 + ($1.shape.first ?? 1) }] + (decoded.first?.shape.dropFirst() ?? [])
+                return weight(HostTensor(shape: shape, data: decoded.flatMap(\.data)), role: role)
+            }
+            let shape = parts.count == 1 ? parts[0].shape : [parts.reduce(0) { $0 + ($1.shape.first ?? 1) }] + parts[0].shape.dropFirst()
+            let count = shape.reduce(1, *)
+            let staged = try pool.allocate(count * dtype.size)
+            var offset = 0
+            for part in parts {
+                try DeviceCopy.upload(part.bytes.baseAddress!, to: staged.pointer + CUdeviceptr(offset), bytes: part.bytes.count, stream: stream)
+                offset += part.bytes.count
+            }
+            loadedWeightBytes += offset
+            var t: CUDATensor
+            if dtype == .bf16 {
+                t = CUDATensor(storage: staged, offset: 0, shape: shape, type: .bf16, scales: nil)
+            } else {
+                t = try empty(shape)
+                try launchKernel("elementwise", "convert_to_bf16", grid: elementwiseGrid(count), block: (256, 1, 1)) {
+                    $0.add(t.pointer); $0.add(staged.pointer); $0.add(Int32(dtype == .f32 ? 0 : 1)); $0.add(UInt64(count))
+                }
+            }
+            if role == .quantizableLinear && linearPrecision == .fp8 { t = try quantizeRows(t) }
+            try stream.synchronize()  // the host pages are only borrowed
+            return t
+        }
+    }
+
+    /// Bytes of stored weights moved to the device with `weight(rows:role:)`.
+    public private(set) var loadedWeightBytes = 0
+
     public func host(_ tensor: CUDATensor) -> HostTensor { attempt { try download(tensor) } }
 
     public func shape(_ tensor: CUDATensor) -> [Int] { tensor.shape }

@@ -139,6 +139,26 @@ public final class GPUSelftest {
     }
 
     func elementwise() {
+        // Weights moved as stored (fp32, fp16, bf16 bytes; several parts joined by rows) against host decoding.
+        for dtype in [DType.f32, .f16, .bf16] {
+            let parts = [rng.tensor([3, 40]), rng.tensor([5, 40])]
+            let bytes: [[UInt8]] = parts.map { p in
+                switch dtype {
+                case .f32: return p.data.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian) { Array($0) } }
+                case .f16: return p.data.flatMap { withUnsafeBytes(of: NumberFormats.floatToF16($0).littleEndian) { Array($0) } }
+                default: return p.data.flatMap { withUnsafeBytes(of: NumberFormats.floatToBF16($0).littleEndian) { Array($0) } }
+                }
+            }
+            record("weight from stored \(dtype.rawValue)", [8, 40]) {
+                try bytes[0].withUnsafeBytes { first in
+                    try bytes[1].withUnsafeBytes { second in
+                        let stored = [StoredTensor(dtype: dtype, shape: [3, 40], bytes: first), StoredTensor(dtype: dtype, shape: [5, 40], bytes: second)]
+                        let expected = HostTensor(shape: [8, 40], data: stored.flatMap { $0.decoded().data })
+                        return (down(gpu.weight(rows: stored, role: .linear)), expected)
+                    }
+                }
+            }
+        }
         for shape in [[2, 77, 3072], [1, 4608, 3072]] {
             let a = rng.tensor(shape), b = rng.tensor(shape)
             let (ga, gb) = (up(a), up(b))

@@ -74,8 +74,13 @@ public final class Checkpoint: @unchecked Sendable {
 
     /// Tensor `name` as fp32. Throws `KilnError.missingTensor` naming the checkpoint.
     public func tensor(_ name: String) throws -> HostTensor {
+        try stored(name).decoded()
+    }
+
+    /// Tensor `name` as stored in its file. Throws `KilnError.missingTensor` naming the checkpoint.
+    public func stored(_ name: String) throws -> StoredTensor {
         guard let shard = location[name] else { throw KilnError.missingTensor(name: name, file: path) }
-        return try files[shard].tensor(name)
+        return try files[shard].stored(name)
     }
 
     /// Tensor `name` as fp32, checked to have `shape`.

@@ -112,8 +112,13 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     /// Tensor `name` converted to fp32. Throws `KilnError.missingTensor` if absent.
     public func tensor(_ name: String) throws -> HostTensor {
+        try stored(name).decoded()
+    }
+
+    /// Tensor `name` as stored (file dtype, bytes in the mapping). Throws `KilnError.missingTensor` if absent.
+    public func stored(_ name: String) throws -> StoredTensor {
         guard let info = infos[name] else { throw KilnError.missingTensor(name: name, file: path) }
-        return HostTensor(shape: info.shape, data: SafeTensorsFile.decode(bytes(info), dtype: info.dtype))
+        return StoredTensor(dtype: info.dtype, shape: info.shape, bytes: bytes(info))
     }
 
     /// Converts little-endian stored values of `dtype` to fp32.
@@ -132,6 +137,30 @@ public final class SafeTensorsFile: @unchecked Sendable {
             }
             initialized = count
         }
+    }
+}
+
+/// A tensor's stored bytes in its file dtype: a view into a memory-mapped file, valid while the file is open. Lets a
+/// backend move weights to the device as they are stored, without decoding them on the host first.
+public struct StoredTensor: @unchecked Sendable {
+    public let dtype: DType
+    public let shape: [Int]
+    public let bytes: UnsafeRawBufferPointer
+
+    public init(dtype: DType, shape: [Int], bytes: UnsafeRawBufferPointer) {
+        (self.dtype, self.shape, self.bytes) = (dtype, shape, bytes)
+    }
+
+    /// The values as fp32.
+    public func decoded() -> HostTensor {
+        HostTensor(shape: shape, data: SafeTensorsFile.decode(bytes, dtype: dtype))
+    }
+
+    /// Rows `range` of the first dimension (elements of a vector), still as stored.
+    public func rows(_ range: Range<Int>) -> StoredTensor {
+        let rowBytes = bytes.count / max(1, shape.first ?? 1)
+        return StoredTensor(dtype: dtype, shape: [range.count] + shape.dropFirst(),
+                            bytes: UnsafeRawBufferPointer(rebasing: bytes[(range.lowerBound * rowBytes)..<(range.upperBound * rowBytes)]))
     }
 }
 

@@ -114,6 +114,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("steps", .number(Double(steps))),
             ("load_s", .number(BenchCommand.rounded(loadSeconds - prepared.textEncodingSeconds))),
             ("text_encoders_s", .number(BenchCommand.rounded(prepared.textEncodingSeconds))),
+            ("weights_from_files_gb", .number(BenchCommand.rounded(Double((backend as? CUDABackend)?.loadedWeightBytes ?? 0) / 1e9))),
             ("runs", .array(runReports)),
             ("step_source", .string(stepSource)),
             ("eager_step_ms", .array(eagerSteps.map { .number(BenchCommand.rounded($0 * 1000)) })),

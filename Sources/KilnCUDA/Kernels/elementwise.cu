@@ -93,6 +93,20 @@ extern "C" __global__ void gated_residual_bf16(bf16 *out, const bf16 *residual, 
     }
 }
 
+/// Stored weights to bf16: `from` 0 = fp32, 1 = fp16.
+extern "C" __global__ void convert_to_bf16(bf16 *out, const void *x, int from, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        float v;
+        if (from == 0) {
+            v = static_cast<const float *>(x)[i];
+        } else {
+            const unsigned short h = static_cast<const unsigned short *>(x)[i];
+            asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
+        }
+        out[i] = f2bf(v);
+    }
+}
+
 /// An FP8 output projection with FLUX's gated residual: the gate [n] folds into the weight's per-output-channel scales
 /// and into the bias (either output may then feed the GEMM, which adds the residual as C).
 extern "C" __global__ void gate_scales(float *scales, bf16 *gatedBias, const bf16 *gate, const float *weightScales,

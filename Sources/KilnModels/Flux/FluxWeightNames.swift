@@ -1,3 +1,4 @@
+import KilnBackends
 import KilnCore
 
 /// The FLUX transformer's tensors by canonical (BFL) name, and the mapping from the diffusers layout.
@@ -158,6 +159,35 @@ public struct FluxCheckpointWeights: WeightSource {
 
     public func tensor(_ name: String, shape: [Int]) throws -> HostTensor {
         try checked(try tensor(name), name, shape)
+    }
+
+    /// Hands the stored parts of `name` to the backend as they are (no host decoding), checked as `tensor` checks them.
+    public func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor {
+        var parts: [StoredTensor]
+        switch layout {
+        case .bfl:
+            parts = [try checkpoint.stored(name)]
+        case .diffusers:
+            guard let source = FluxWeightNames.diffusersSource(of: name) else {
+                throw KilnError.missingTensor(name: name, file: checkpoint.path)
+            }
+            parts = try source.parts.map { try checkpoint.stored($0) }
+            if let scalar = zip(parts, source.parts).first(where: { $0.0.shape.isEmpty }) {
+                throw KilnError.corruptFile(path: checkpoint.path, reason: "tensor '\(scalar.1)' is a scalar")
+            }
+            let tail = Array(parts[0].shape.dropFirst())
+            for (part, file) in zip(parts, source.parts) where Array(part.shape.dropFirst()) != tail {
+                throw KilnError.wrongShape(name: file, expected: [part.shape[0]] + tail, found: part.shape)
+            }
+            if source.swapHalves {
+                guard parts.count == 1, parts[0].shape[0] % 2 == 0 else { return backend.weight(try tensor(name, shape: shape), role: role) }
+                let half = parts[0].shape[0] / 2
+                parts = [parts[0].rows(half..<(2 * half)), parts[0].rows(0..<half)]
+            }
+        }
+        let found = parts.count == 1 ? parts[0].shape : [parts.reduce(0) { $0 + ($1.shape.first ?? 0) }] + parts[0].shape.dropFirst()
+        guard found == shape else { throw KilnError.wrongShape(name: name, expected: shape, found: found) }
+        return backend.weight(rows: parts, role: role)
     }
 
     /// Canonical tensor `name` in whatever shape the file has.
