@@ -603,7 +603,9 @@ public final class CUDABackend: Backend {
             let d = width / heads
             if let keyMask { precondition(keyMask.count == batch * keys, "attention: key mask \(keyMask.shape)") }
             let softmaxScale = scale ?? 1 / Float(d).squareRoot()
-            if keyMask == nil && (attentionKernel == .auto || attentionKernel == .cudnn), let dnn = cudnn() {
+            // Heads wider than 256 (the VAE's single 512-wide head) take the GEMM path: cuDNN's engine spent 7 ms on the
+            // VAE's 16384-token attention on the H100 (~80 TFLOP/s); selftest times both.
+            if keyMask == nil && ((attentionKernel == .auto && d <= 256) || attentionKernel == .cudnn), let dnn = cudnn() {
                 if let plan = dnn.plan(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) {
                     let out = try empty(q.shape)
                     let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil

@@ -373,7 +373,7 @@ public final class GPUSelftest {
         // Head sizes other than 128 and masks with them: cuDNN where it has an engine, else the GEMM path.
         let other: [(b: Int, lq: Int, lk: Int, heads: Int, d: Int, mask: Bool, kernel: CUDABackend.AttentionKernel)] = [
             (2, 77, 77, 12, 64, true, .auto), (2, 77, 77, 12, 64, false, .auto), (1, 1024, 1024, 1, 512, false, .auto),
-            (1, 300, 300, 2, 128, true, .gemm), (1, 4096, 4096, 1, 512, false, .auto),
+            (1, 300, 300, 2, 128, true, .gemm), (1, 4096, 4096, 1, 512, false, .auto), (1, 4096, 4096, 1, 512, false, .cudnn),
         ]
         for c in other {
             gpu.attentionKernel = c.kernel

@@ -36,18 +36,27 @@ public struct HostTensor: Equatable, Sendable {
             sourceStrides[axis] = sourceStrides[axis + 1] * shape[axis + 1]
         }
         let strides = order.map { sourceStrides[$0] }
+        let rank = newShape.count
+        guard rank > 0, !data.isEmpty else { return HostTensor(shape: newShape, data: data) }
+        // Row by row of the result: the source offset of a row from the outer indices, then a strided inner loop.
+        let inner = newShape[rank - 1], innerStride = strides[rank - 1]
         var result = [Float](repeating: 0, count: data.count)
-        var index = [Int](repeating: 0, count: newShape.count)
-        for flat in 0..<data.count {
-            var offset = 0
-            for axis in 0..<index.count { offset += index[axis] * strides[axis] }
-            result[flat] = data[offset]
-            var axis = newShape.count - 1
-            while axis >= 0 {
-                index[axis] += 1
-                if index[axis] < newShape[axis] { break }
-                index[axis] = 0
-                axis -= 1
+        var index = [Int](repeating: 0, count: rank)
+        data.withUnsafeBufferPointer { source in
+            result.withUnsafeMutableBufferPointer { target in
+                for row in 0..<(data.count / inner) {
+                    var offset = 0
+                    for axis in 0..<(rank - 1) { offset += index[axis] * strides[axis] }
+                    let start = row * inner
+                    for j in 0..<inner { target[start + j] = source[offset + j * innerStride] }
+                    var axis = rank - 2
+                    while axis >= 0 {
+                        index[axis] += 1
+                        if index[axis] < newShape[axis] { break }
+                        index[axis] = 0
+                        axis -= 1
+                    }
+                }
             }
         }
         return HostTensor(shape: newShape, data: result)

@@ -30,11 +30,15 @@ public enum PNG {
         precondition(shape.count == 3 && shape[0] == 3, "expected a [1, 3, H, W] image, got \(image.shape)")
         let (height, width) = (shape[1], shape[2])
         var pixels = [UInt8](repeating: 0, count: height * width * 3)
-        for c in 0..<3 {
-            for i in 0..<(height * width) {
-                let raw = image.data[c * height * width + i]
-                let value = raw.isFinite ? min(max(raw, 0), 1) : 0
-                pixels[i * 3 + c] = UInt8((value * 255).rounded(.toNearestOrEven))
+        image.data.withUnsafeBufferPointer { planes in
+            pixels.withUnsafeMutableBufferPointer { rgb in
+                for c in 0..<3 {
+                    for i in 0..<(height * width) {
+                        let raw = planes[c * height * width + i]
+                        let value = raw.isFinite ? min(max(raw, 0), 1) : 0
+                        rgb[i * 3 + c] = UInt8((value * 255).rounded(.toNearestOrEven))
+                    }
+                }
             }
         }
         return encode(rgb: pixels, width: width, height: height)
@@ -54,11 +58,21 @@ public enum PNG {
             out += data[offset..<(offset + length)]
             offset += length
         } while offset < data.count
+        // Adler-32, reduced every 5552 bytes (the most that cannot overflow 32 bits).
         var a: UInt32 = 1
         var b: UInt32 = 0
-        for byte in data {
-            a = (a + UInt32(byte)) % 65_521
-            b = (b + a) % 65_521
+        data.withUnsafeBufferPointer { bytes in
+            var start = 0
+            while start < bytes.count {
+                let end = min(start + 5552, bytes.count)
+                for i in start..<end {
+                    a &+= UInt32(bytes[i])
+                    b &+= a
+                }
+                a %= 65_521
+                b %= 65_521
+                start = end
+            }
         }
         appendBigEndian((b << 16) | a, to: &out)
         return out
@@ -73,7 +87,11 @@ public enum PNG {
     /// CRC-32 as PNG chunks use it.
     static func crc32(_ bytes: [UInt8]) -> UInt32 {
         var c: UInt32 = 0xFFFF_FFFF
-        for byte in bytes { c = crcTable[Int((c ^ UInt32(byte)) & 0xFF)] ^ (c >> 8) }
+        crcTable.withUnsafeBufferPointer { table in
+            bytes.withUnsafeBufferPointer { data in
+                for byte in data { c = table[Int((c ^ UInt32(byte)) & 0xFF)] ^ (c >> 8) }
+            }
+        }
         return c ^ 0xFFFF_FFFF
     }
 
