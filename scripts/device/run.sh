@@ -3,7 +3,8 @@
 # the PyTorch comparison, and a merged report; then, when KILN_STAGES names them, FLUX end to end (scripts/device/flux.sh:
 # tiny fixtures through CUDA, kiln bench at full size vs diffusers eager) and full-size parity (flux_parity.py). Run from
 # the repository root on the GPU machine (one call may hold only some stages: each call has 10 minutes); "text" checks
-# CLIP-L and T5-XXL at their real configs and the whole pipeline's memory with them (text_parity.py):
+# CLIP-L and T5-XXL at their real configs and the whole pipeline's memory with them (text_parity.py); "quality" makes
+# the FP8 quality report (quality.py: images of FP32, BF16, torchao FP8, Kiln BF16 and FP8 on one model and noise):
 #   KILN_STAGES="selftest flux parity text" bash scripts/device/run.sh
 # It expects the statically linked release binary at .device/kiln (built on the development machine with
 #   swift build -c release --static-swift-stdlib -Xlinker -s --scratch-path .build-release
@@ -17,7 +18,7 @@ export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
 LOG=$OUT/device.log
 STAGES=${KILN_STAGES:-selftest}
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
-if stage flux || stage parity || stage text; then
+if stage flux || stage parity || stage text || stage quality; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 WHEEL_LIBS=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)
@@ -52,4 +53,7 @@ if stage parity; then
 fi
 if stage text; then
   PYTHONUNBUFFERED=1 python3 scripts/device/text_parity.py --kiln "$BIN" --json "$OUT/text.json" 2>&1 | tee "$OUT/text.txt"
+fi
+if stage quality; then
+  PYTHONUNBUFFERED=1 KILN_CUDA_LIBS=$WHEEL_LIBS python3 scripts/device/quality.py --kiln "$BIN" --out "$OUT" 2>&1 | tee "$OUT/quality.txt"
 fi
