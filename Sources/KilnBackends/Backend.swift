@@ -119,7 +119,9 @@ public protocol Backend: AnyObject {
 
     // MARK: fused (defaults below compose simple ops)
     /// `layerNorm(x) * (1 + scale) + shift` (no affine weights, as adaLN uses).
-    func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor
+    /// `feedsQuantizableLinears`: the result goes only into `.quantizableLinear` layers, so the backend may hand it
+    /// over in their input precision (FP8 with per-row scales on CUDA under `--precision fp8`).
+    func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float, feedsQuantizableLinears: Bool) -> Tensor
     /// `x + gate * y`, `gate` `[B, C]` broadcast over the sequence.
     func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
@@ -202,8 +204,13 @@ extension Backend {
         return weight(HostTensor(shape: shape, data: noise.normal(shape.reduce(1, *)).map { mean + std * $0 }), role: role)
     }
 
-    public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor {
+    public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float, feedsQuantizableLinears: Bool) -> Tensor {
         modulate(layerNorm(x, weight: nil, bias: nil, eps: eps), shift: shift, scale: scale)
+    }
+
+    /// `layerNormModulate` with a result in the activation precision.
+    public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor {
+        layerNormModulate(x, shift: shift, scale: scale, eps: eps, feedsQuantizableLinears: false)
     }
 
     public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {

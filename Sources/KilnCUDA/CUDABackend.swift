@@ -303,7 +303,7 @@ public final class CUDABackend: Backend {
             let count = shape.reduce(1, *)
             let staged = try pool.allocate(count * dtype.size)
             var offset = 0
-            for part in parts {
+            for part in parts where part.bytes.count > 0 {
                 try DeviceCopy.upload(part.bytes.baseAddress!, to: staged.pointer + CUdeviceptr(offset), bytes: part.bytes.count, stream: stream)
                 offset += part.bytes.count
             }
@@ -524,6 +524,11 @@ public final class CUDABackend: Backend {
         let m = x.count / k
         let out = try empty(Array(x.shape.dropLast()) + [n])
         let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
+        var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
+        key.accumulate = residual != nil
+        if precision == .fp8 && bf16Fallbacks.contains(key) {
+            return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+        }
         var input = x
         if precision == .fp8 && x.type != .fp8 { input = try quantizeRows(x) }
         if precision == .bf16 {
@@ -532,19 +537,20 @@ public final class CUDABackend: Backend {
         }
         var operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
                                     xScale: input.scales?.pointer, wScale: weight.scales?.pointer)
-        var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
         if let residual {
             requireBF16(residual, op: "linear residual")
             precondition(residual.shape == out.shape, "linear: residual \(residual.shape) for output \(out.shape)")
-            key.accumulate = true
             operands.accumulator = residual.pointer
         }
-        if precision == .fp8 && (bf16Fallbacks.contains(key) || (try? plan(key, operands: operands)) == nil) {
-            // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out): BF16 on
-            // dequantized operands instead.
-            bf16Fallbacks.insert(key)
-            let xBF16 = x.type == .fp8 ? try dequantizeRows(x) : x
-            return try gemm(xBF16, weight: try dequantizeRows(weight), bias: bias, epilogue: epilogue, accumulate: residual)
+        if precision == .fp8 && plans[key] == nil {
+            do {
+                _ = try plan(key, operands: operands)
+            } catch let error as CUDAError where error.status == 15 {  // CUBLAS_STATUS_NOT_SUPPORTED
+                // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out).
+                fputs("kiln: note: no cuBLASLt FP8 kernel for \(key); it runs in BF16\n", stderr)
+                bf16Fallbacks.insert(key)
+                return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+            }
         }
         try runGemm(key, operands)
         return out
@@ -552,6 +558,14 @@ public final class CUDABackend: Backend {
 
     /// FP8 GEMM shapes that run in BF16 (no cuBLASLt FP8 kernel).
     private var bf16Fallbacks: Set<GemmKey> = []
+
+    /// A GEMM with FP8 weights in BF16: the weight dequantized (each call: its scales may carry a gate), and the input
+    /// too where it comes quantized.
+    func gemmInBF16(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue,
+                    accumulate residual: CUDATensor?) throws -> CUDATensor {
+        try gemm(x.type == .fp8 ? try dequantizeRows(x) : x, weight: try dequantizeRows(weight), bias: bias, epilogue: epilogue,
+                 accumulate: residual)
+    }
 
     /// BF16 values of an FP8 tensor (codes times per-row scales).
     func dequantizeRows(_ t: CUDATensor) throws -> CUDATensor {
@@ -795,6 +809,8 @@ public final class CUDABackend: Backend {
     public func attentionInputs(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int) -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         attempt {
             let batch = streams[0].qkv.shape[0], width = streams[0].qkv.shape[2] / 3, dim = width / heads
+            precondition(streams[0].qkv.shape[2] == 3 * width && width == heads * dim && dim % 2 == 0,
+                         "attentionInputs: \(streams[0].qkv.shape[2]) channels for 3 x \(heads) heads of an even size")
             let total = streams.reduce(0) { $0 + $1.qkv.shape[1] }
             let (q, k, v) = (try empty([batch, total, width]), try empty([batch, total, width]), try empty([batch, total, width]))
             var offset = 0
@@ -951,11 +967,11 @@ public final class CUDABackend: Backend {
 
     // MARK: fused
 
-    /// Under `linearPrecision` `.fp8` the result is FP8 with per-row scales (`layerNormModulateFP8`): in FLUX every
-    /// modulated norm feeds the transformer's quantized linears, so the activation is quantized where it is made.
-    public func layerNormModulate(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) -> CUDATensor {
+    /// For quantizable linears under `linearPrecision` `.fp8` the result is FP8 with per-row scales
+    /// (`layerNormModulateFP8`): the activation is quantized where it is made, not in a pass of its own.
+    public func layerNormModulate(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float, feedsQuantizableLinears: Bool) -> CUDATensor {
         attempt {
-            if linearPrecision == .fp8 { return try layerNormModulateFP8(x, shift: shift, scale: scale, eps: eps) }
+            if feedsQuantizableLinears && linearPrecision == .fp8 { return try layerNormModulateFP8(x, shift: shift, scale: scale, eps: eps) }
             requireBF16(x, shift, scale, op: "layerNormModulate")
             let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
             let out = try empty(x.shape)

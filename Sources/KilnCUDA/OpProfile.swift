@@ -18,11 +18,14 @@ public final class OpProfile: @unchecked Sendable {
     }
 
     private var spans: [Span] = []
+    /// Spans kept until `report` (two events each); ops past it are not timed.
+    static let limit = 200_000
 
     public init() {}
 
     /// Runs `body` between two events recorded on `stream` under `name`.
     func measure<T>(_ name: String, stream: CUDAStream, _ body: () throws -> T) throws -> T {
+        guard spans.count < OpProfile.limit else { return try body() }
         let start = try CUDAEvent(), end = try CUDAEvent()
         try start.record(stream)
         let result = try body()

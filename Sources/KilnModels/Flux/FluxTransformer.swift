@@ -92,7 +92,7 @@ public struct FluxTransformer<B: Backend> {
 
     /// The final adaLN layer and projection of image tokens `[B, N, hidden]` to `[B, N, inChannels]`.
     public func finalLayer(_ x: B.Tensor, shift: B.Tensor, scale: B.Tensor, _ backend: B) -> B.Tensor {
-        finalLinear(backend.layerNormModulate(x, shift: shift, scale: scale, eps: 1e-6), backend)
+        finalLinear(backend.layerNormModulate(x, shift: shift, scale: scale, eps: 1e-6, feedsQuantizableLinears: true), backend)
     }
 
     /// One step's flow prediction for packed latents `[B, rows·columns, inChannels]`, from text states already

@@ -44,7 +44,7 @@ public struct SingleStreamBlock<B: Backend> {
     /// Runs the block on the joint sequence `[B, T + N, hidden]` with this step's modulation.
     public func callAsFunction(_ x: B.Tensor, modulation mod: ModulationVectors<B.Tensor>, rope: RotaryTable<B.Tensor>?,
                                _ backend: B) -> B.Tensor {
-        let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6)
+        let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6, feedsQuantizableLinears: true)
         let (q, k, v) = backend.attentionInputs([QKVStream(qkv: qkv(normed, backend), queryNorm: queryNorm, keyNorm: keyNorm, rope: rope)],
                                                 eps: 1e-6, heads: heads)
         let mlp = mlpIn(normed, backend, activation: .geluTanh)
