@@ -50,6 +50,13 @@ public struct CheckpointWeights: WeightSource {
     public func tensor(_ name: String, shape: [Int]) throws -> HostTensor {
         try checked(try checkpoint.tensor(prefix + name), prefix + name, shape)
     }
+
+    /// Hands the stored tensor to the backend as it is (a device backend uploads the file's bytes; no host decoding).
+    public func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor {
+        let stored = try checkpoint.stored(prefix + name)
+        guard stored.shape == shape else { throw KilnError.wrongShape(name: prefix + name, expected: shape, found: stored.shape) }
+        return backend.weight(rows: [stored], role: role)
+    }
 }
 
 struct CLIPEncoderLayer<B: Backend> {
