@@ -31,6 +31,8 @@ public final class TextToImagePipeline<B: Backend> {
     public var useGraphs = true
     /// How the last `denoise` ran its loop.
     public private(set) var lastLoop = LoopMode.eager
+    /// How the last `decode` ran the VAE decoder (graphs as for loops: eager, then captured, then replayed).
+    public private(set) var lastDecode = LoopMode.eager
 
     /// Eager (op by op), captured into a graph and replayed, or replayed from an earlier capture.
     public enum LoopMode: String, Sendable {
@@ -55,11 +57,25 @@ public final class TextToImagePipeline<B: Backend> {
         while loopOrder.count > maximumCapturedLoops { loops[loopOrder.removeFirst()] = nil }
     }
 
-    /// Drops every captured loop (their memory returns to the backend's pool).
+    /// Decoder runs by latent shape, as `seenLoops`, `loops` and `loopOrder` are for the denoising loop.
+    var seenDecodes: [[Int]: Int] = [:]
+    var decodes: [[Int]: CapturedDecode] = [:]
+    var decodeOrder: [[Int]] = []
+
+    struct CapturedDecode {
+        var input: B.Tensor
+        var output: B.Tensor
+        var graph: DeviceGraph
+    }
+
+    /// Drops every captured loop and decoder (their memory returns to the backend's pool).
     public func forgetLoops() {
         loops = [:]
         loopOrder = []
         seenLoops = [:]
+        decodes = [:]
+        decodeOrder = []
+        seenDecodes = [:]
     }
 
     struct LoopKey: Hashable {
@@ -208,8 +224,33 @@ public final class TextToImagePipeline<B: Backend> {
         let shift = faults.contains(.vaeShiftDropped) ? 0 : vaeConfig.shiftFactor
         let scaled = latents.permuted([0, 2, 3, 1]).data.map { $0 / vaeConfig.scalingFactor + shift }
         let z = HostTensor(shape: [latents.shape[0], latents.shape[2], latents.shape[3], latents.shape[1]], data: scaled)
-        let image = backend.host(decoder(backend.tensor(z), backend)).permuted([0, 3, 1, 2])
+        let image = backend.host(decodeOnDevice(z)).permuted([0, 3, 1, 2])
         // Non-finite values pass through (the PNG writer blackens them and the caller can count them).
         return HostTensor(shape: image.shape, data: image.data.map { $0.isFinite ? min(max($0 / 2 + 0.5, 0), 1) : $0 })
+    }
+
+    /// The VAE decoder on the device: op by op on a latent shape's first decode, captured as one graph on the next if
+    /// the memory pool still holds what the first used (as for loops), replayed with the new latents after that.
+    func decodeOnDevice(_ z: HostTensor) -> B.Tensor {
+        if useGraphs, let captured = decodes[z.shape], (try? backend.overwrite(captured.input, with: z)) != nil,
+           (try? captured.graph.replay()) != nil {
+            lastDecode = .replayed
+            return captured.output
+        }
+        let input = backend.tensor(z)
+        if useGraphs, seenDecodes[z.shape] == backend.memoryGeneration {
+            var output: B.Tensor?
+            if let graph = try? backend.capture({ output = self.decoder(input, self.backend) }), (try? graph.replay()) != nil, let output {
+                decodes[z.shape] = CapturedDecode(input: input, output: output, graph: graph)
+                decodeOrder.append(z.shape)
+                while decodeOrder.count > maximumCapturedLoops { decodes[decodeOrder.removeFirst()] = nil }
+                lastDecode = .captured
+                return output
+            }
+        }
+        let output = decoder(input, backend)
+        seenDecodes[z.shape] = backend.memoryGeneration
+        lastDecode = .eager
+        return output
     }
 }

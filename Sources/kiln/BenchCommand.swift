@@ -82,6 +82,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             }
             runReports.append(.object([
                 ("loop", .string(pipeline.lastLoop.rawValue)),
+                ("decode", .string(pipeline.lastDecode.rawValue)),
                 ("setup_ms", .number(BenchCommand.rounded((loopStart - start) * 1000))),
                 ("loop_ms", .number(BenchCommand.rounded(loop * 1000))),
                 ("vae_decode_ms", .number(BenchCommand.rounded((pngStart - decodeStart) * 1000))),

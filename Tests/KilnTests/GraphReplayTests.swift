@@ -160,4 +160,23 @@ final class GraphReplayTests: XCTestCase {
         XCTAssertEqual(emulated.replays, 3)
         XCTAssertEqual(emulated.hostTransfersInGraphs, 0)
     }
+
+    /// The VAE decoder, like the loop: eager for a shape's first decode, captured on the next, replayed after; every
+    /// image equals the eager CPU decode of its latents, with no host transfer inside the graph.
+    func testDecoderIsCapturedAndReplayed() throws {
+        let files = try ModelFiles(path: Fixtures.path("tiny-flux-dev"))
+        let emulated = GraphEmulatingBackend()
+        let graphPipeline = try TextToImagePipeline(files: files, backend: emulated)
+        let eager = try TextToImagePipeline(files: files, backend: CPUBackend())
+        var noise = NoiseGenerator(seed: 11)
+        var modes: [String] = []
+        for run in 0..<4 {
+            let latents = HostTensor(shape: [1, 16, 8, 12], data: noise.normal(16 * 8 * 12))
+            XCTAssertEqual(graphPipeline.decode(latents), eager.decode(latents), "run \(run)")
+            modes.append(graphPipeline.lastDecode.rawValue)
+        }
+        XCTAssertEqual(modes, ["eager", "captured", "replayed", "replayed"])
+        XCTAssertEqual(emulated.captures, 1)
+        XCTAssertEqual(emulated.hostTransfersInGraphs, 0)
+    }
 }
