@@ -83,7 +83,9 @@ final class KilnCUDATests: XCTestCase {
         let folder = try KernelSources.directory()
         let sources = Dictionary(uniqueKeysWithValues: try KernelSources.all(in: folder).map { ($0.name, $0.text) })
         XCTAssertTrue(try KernelSources.header(in: folder).contains("f2bf"))
-        let backend = try FileIO.readText(FileIO.join(folder, "../CUDABackend.swift"))
+        let swiftFolder = FileIO.join(folder, "..")
+        let backend = try FileIO.list(swiftFolder).filter { $0.hasSuffix(".swift") }
+            .map { try FileIO.readText(FileIO.join(swiftFolder, $0)) }.joined(separator: "\n")
         var launched: [(String, String)] = []
         var rest = Substring(backend)
         while let r = rest.range(of: "launchKernel(\"") {

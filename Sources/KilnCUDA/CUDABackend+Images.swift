@@ -1,0 +1,122 @@
+import CKilnCUDA
+import KilnBackends
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// NHWC convolutions (cuDNN with fused epilogues, else im2col + GEMM) and upsampling.
+extension CUDABackend {
+    public func conv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) -> CUDATensor {
+        convolution(x, weight: weight, bias: bias, stride: stride, padding: padding, residual: nil)
+    }
+
+    public func conv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding,
+                       residual: CUDATensor) -> CUDATensor {
+        convolution(x, weight: weight, bias: bias, stride: stride, padding: padding, residual: residual)
+    }
+
+    /// cuDNN with the bias and residual in its epilogue where it has an engine for that graph, else cuDNN's plain
+    /// convolution followed by our kernels, else im2col + GEMM.
+    func convolution(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding,
+                     residual: CUDATensor?) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, op: "conv2d")
+            if let bias { requireBF16(bias, op: "conv2d bias") }
+            let (batch, height, width, inC) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let (outC, kh, kw) = (weight.shape[0], weight.shape[1], weight.shape[2])
+            precondition(weight.shape[3] == inC, "conv2d: input \(x.shape) vs weight \(weight.shape)")
+            let outH = (height + padding.top + padding.bottom - kh) / stride + 1
+            let outW = (width + padding.left + padding.right - kw) / stride + 1
+            if let residual {
+                requireBF16(residual, op: "conv2d residual")
+                precondition(residual.shape == [batch, outH, outW, outC], "conv2d: residual \(residual.shape) for output \([batch, outH, outW, outC])")
+            }
+            if convolutionKernel != .gemm, outC % 8 != 0, residual == nil, cudnn() != nil {
+                return try convolutionPaddingChannels(x, weight: weight, bias: bias, stride: stride, padding: padding)
+            }
+            if convolutionKernel != .gemm, let dnn = cudnn() {
+                func plan(bias: Bool, residual: Bool) -> CuDNN.Plan? {
+                    dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
+                                        stride: stride, padding: (padding.top, padding.left, padding.bottom, padding.right),
+                                        outHeight: outH, outWidth: outW, bias: bias, residual: residual)
+                }
+                let fused = plan(bias: bias != nil, residual: residual != nil)
+                if let chosen = fused ?? plan(bias: false, residual: false) {
+                    var y = try empty([batch, outH, outW, outC])
+                    let workspace = chosen.workspaceBytes > 0 ? try pool.allocate(chosen.workspaceBytes) : nil
+                    try profiled("cudnn conv \(kh)x\(kw) \(height)x\(width)x\(inC)->\(outC)\(fused != nil && residual != nil ? " +res" : "")") {
+                        try dnn.runConvolution(chosen, x: x.pointer, w: weight.pointer, y: y.pointer, bias: nullable(bias),
+                                               residual: nullable(residual), workspace: workspace?.pointer ?? 0)
+                    }
+                    withExtendedLifetime(workspace) {}
+                    lastConvolutionPath = fused != nil && (bias != nil || residual != nil) ? "cudnn fused" : "cudnn"
+                    if fused == nil {
+                        if let bias { y = try biasAdd(y, bias) }
+                        if let residual { y = add(residual, y) }
+                    }
+                    return y
+                }
+            }
+            if convolutionKernel == .cudnn {
+                throw KilnError.unsupported("cuDNN has no convolution engine for \(x.shape) * \(weight.shape): \(cudnn()?.convolutionFailures.last ?? cudnnError ?? "?")")
+            }
+            lastConvolutionPath = "gemm"
+            let k = kh * kw * inC
+            var columns = x
+            if !(kh == 1 && kw == 1 && stride == 1 && padding == .uniform(0)) {
+                columns = try empty([batch * outH * outW, k])
+                let n = columns.count
+                try launchKernel("elementwise", "im2col_nhwc_bf16", grid: elementwiseGrid(n), block: (256, 1, 1)) {
+                    $0.add(columns.pointer); $0.add(x.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(inC))
+                    $0.add(Int32(kh)); $0.add(Int32(kw)); $0.add(Int32(stride)); $0.add(Int32(padding.top)); $0.add(Int32(padding.left))
+                    $0.add(Int32(outH)); $0.add(Int32(outW)); $0.add(UInt64(n))
+                }
+            }
+            let flat = reshape(columns, [batch * outH * outW, k])
+            let w2 = reshape(weight, [outC, k])
+            let y = reshape(try gemm(flat, weight: w2, bias: bias, epilogue: bias == nil ? .none : .bias), [batch, outH, outW, outC])
+            return residual.map { add($0, y) } ?? y
+        }
+    }
+
+    /// A convolution whose output channels are not a multiple of 8 (the VAE's last, 128 → 3): cuDNN's engines for
+    /// such outputs are slow (70 ms at 1024x1024 where 8 channels take well under one), so the filter and bias are
+    /// zero-padded to a multiple of 8 and the extra channels dropped after.
+    func convolutionPaddingChannels(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) throws -> CUDATensor {
+        let outC = weight.shape[0], padded = (outC + 7) / 8 * 8
+        let filter = try empty([padded] + weight.shape.dropFirst())
+        try DeviceCopy.fill16(filter.pointer, value: 0, count: filter.count, stream: stream)
+        try DeviceCopy.copy(weight.pointer, to: filter.pointer, bytes: weight.bytes, stream: stream)
+        let paddedBias = try bias.map { b -> CUDATensor in
+            let t = try empty([padded])
+            try DeviceCopy.fill16(t.pointer, value: 0, count: padded, stream: stream)
+            try DeviceCopy.copy(b.pointer, to: t.pointer, bytes: b.bytes, stream: stream)
+            return t
+        }
+        let wide = convolution(x, weight: filter, bias: paddedBias, stride: stride, padding: padding, residual: nil)
+        let out = try empty(Array(wide.shape.dropLast()) + [outC])
+        try copyRows(dst: out.pointer, dstStride: outC, src: wide.pointer, srcStride: padded, rows: out.count / outC, cols: outC)
+        return out
+    }
+
+    func biasAdd(_ y: CUDATensor, _ bias: CUDATensor) throws -> CUDATensor {
+        let out = try empty(y.shape)
+        try launchKernel("elementwise", "bias_add_bf16", grid: chunkGrid(y.count), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(y.pointer); $0.add(bias.pointer); $0.add(Int32(y.shape.last!)); $0.add(UInt64(y.count))
+        }
+        return out
+    }
+
+    public func upsampleNearest2x(_ x: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "upsample")
+            let (batch, height, width, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let out = try empty([batch, 2 * height, 2 * width, c])
+            try launchKernel("elementwise", "upsample_nearest2x_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(c)); $0.add(UInt64(x.count))
+            }
+            return out
+        }
+    }
+}

@@ -1,0 +1,239 @@
+import CKilnCUDA
+import KilnBackends
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// GEMMs (BF16 and FP8, fused epilogues, the gated residual), FP8 quantization and attention (cuDNN, own kernel, GEMMs).
+extension CUDABackend {
+    /// The plan for a GEMM shape: created once, its algorithm from the disk cache or autotuned on first use.
+    public func plan(_ key: GemmKey, operands: GemmOperands) throws -> GemmPlan {
+        if let p = plans[key] { return p }
+        let p = try GemmPlan(lt, key)
+        if autotune { try tuner.tune(p, operands, stream: stream) }
+        plans[key] = p
+        return p
+    }
+
+    /// Per-row FP8 quantization of a BF16 matrix (last dimension = row).
+    public func quantizeRows(_ x: CUDATensor) throws -> CUDATensor {
+        requireBF16(x, op: "quantizeRows")
+        let channels = x.shape.last!
+        precondition(channels % 2 == 0, "quantizeRows: odd row length \(channels)")
+        let rows = x.count / channels
+        let out = try empty(x.shape, .fp8)
+        try launchKernel("norm", "quantize_rows_fp8", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(UInt64(rows)); $0.add(Int32(channels))
+        }
+        return out
+    }
+
+    /// `x · wᵀ (+ bias)` with a fused epilogue; FP8 when the weight is FP8 (the activation is quantized per row
+    /// first unless it already is).
+    public func gemm(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue,
+                     accumulate residual: CUDATensor? = nil) throws -> CUDATensor {
+        let k = x.shape.last!
+        let n = weight.shape[0]
+        precondition(weight.shape == [n, k], "linear: input \(x.shape) vs weight \(weight.shape)")
+        if let bias { precondition(bias.count == n, "linear: bias \(bias.shape) for \(n) outputs"); requireBF16(bias, op: "linear bias") }
+        let m = x.count / k
+        let out = try empty(Array(x.shape.dropLast()) + [n])
+        let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
+        var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
+        key.accumulate = residual != nil
+        if precision == .fp8 && bf16Fallbacks.contains(key) {
+            return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+        }
+        var input = x
+        if precision == .fp8 && x.type != .fp8 { input = try quantizeRows(x) }
+        if precision == .bf16 {
+            precondition(x.type != .fp8, "linear: an FP8 input needs FP8 weights (\(x.shape) x \(weight.shape))")
+            requireBF16(x, op: "linear")
+        }
+        var operands = GemmOperands(x: input.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
+                                    xScale: input.scales?.pointer, wScale: weight.scales?.pointer)
+        if let residual {
+            requireBF16(residual, op: "linear residual")
+            precondition(residual.shape == out.shape, "linear: residual \(residual.shape) for output \(out.shape)")
+            operands.accumulator = residual.pointer
+        }
+        if precision == .fp8 && plans[key] == nil {
+            do {
+                _ = try plan(key, operands: operands)
+            } catch let error as CUDAError where error.status == 15 {  // CUBLAS_STATUS_NOT_SUPPORTED
+                // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out).
+                fputs("kiln: note: no cuBLASLt FP8 kernel for \(key); it runs in BF16\n", stderr)
+                bf16Fallbacks.insert(key)
+                return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+            }
+        }
+        try runGemm(key, operands)
+        return out
+    }
+
+    /// A GEMM with FP8 weights in BF16: the weight dequantized (each call: its scales may carry a gate), and the input
+    /// too where it comes quantized.
+    func gemmInBF16(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue,
+                    accumulate residual: CUDATensor?) throws -> CUDATensor {
+        try gemm(x.type == .fp8 ? try dequantizeRows(x) : x, weight: try dequantizeRows(weight), bias: bias, epilogue: epilogue,
+                 accumulate: residual)
+    }
+
+    /// BF16 values of an FP8 tensor (codes times per-row scales).
+    func dequantizeRows(_ t: CUDATensor) throws -> CUDATensor {
+        let channels = t.shape.last!
+        let out = try empty(t.shape)
+        try launchKernel("norm", "dequantize_rows_fp8", grid: elementwiseGrid(t.count / 2), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(t.pointer); $0.add(t.scales!.pointer); $0.add(UInt64(t.count / channels)); $0.add(Int32(channels))
+        }
+        return out
+    }
+
+    public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, activation kind: Activation) -> CUDATensor {
+        attempt {
+            switch kind {
+            case .geluTanh: return try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .gelu : .biasGelu)
+            case .none: return try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias)
+            case .silu: return activation(try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias), .silu)
+            }
+        }
+    }
+
+    /// With FP8 weights and one gate row the whole expression is one GEMM: the gate scales the weight's per-channel
+    /// scales and the bias, and the residual comes in as C (`beta = 1`); otherwise the GEMM and a gated-residual pass.
+    public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, gate: CUDATensor, residual: CUDATensor) -> CUDATensor {
+        attempt {
+            let n = weight.shape[0]
+            let epilogue: GemmEpilogue = bias == nil ? .none : .bias
+            guard weight.type == .fp8, gate.count == n else {
+                return gated(residual, gate: gate, try gemm(x, weight: weight, bias: bias, epilogue: epilogue))
+            }
+            requireBF16(gate, op: "linear gate")
+            let scales = try pool.allocate(n * 4)
+            let gatedBias = try bias.map { _ in try empty([n]) }
+            try launchKernel("elementwise", "gate_scales", grid: ((n + 255) / 256, 1, 1), block: (256, 1, 1)) {
+                $0.add(scales.pointer); $0.add(nullable(gatedBias)); $0.add(gate.pointer); $0.add(weight.scales!.pointer)
+                $0.add(nullable(bias)); $0.add(Int32(n))
+            }
+            let gatedWeight = CUDATensor(storage: weight.storage, offset: weight.offset, shape: weight.shape, type: .fp8, scales: scales)
+            return try gemm(x, weight: gatedWeight, bias: gatedBias, epilogue: epilogue, accumulate: residual)
+        }
+    }
+
+    public func attention(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float?, keyMask: CUDATensor?) -> CUDATensor {
+        attempt {
+            requireBF16(q, k, v, op: "attention")
+            let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
+            let keys = k.shape[1]
+            precondition(k.shape == [batch, keys, width] && v.shape == k.shape, "attention: q \(q.shape) k \(k.shape) v \(v.shape)")
+            let d = width / heads
+            if let keyMask { precondition(keyMask.count == batch * keys, "attention: key mask \(keyMask.shape)") }
+            let softmaxScale = scale ?? 1 / Float(d).squareRoot()
+            // Heads wider than 256 (the VAE's single 512-wide head) take the GEMM path: cuDNN's engine spent 7 ms on the
+            // VAE's 16384-token attention on the H100 (~80 TFLOP/s); selftest times both.
+            if keyMask == nil && ((attentionKernel == .auto && d <= 256) || attentionKernel == .cudnn), let dnn = cudnn() {
+                if let plan = dnn.plan(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) {
+                    let out = try empty(q.shape)
+                    let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
+                    try profiled("cudnn attention \(batch)x\(heads)x\(queries)x\(keys)x\(d)") {
+                        try dnn.run(plan, q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, scale: softmaxScale,
+                                    workspace: workspace?.pointer ?? 0)
+                    }
+                    withExtendedLifetime(workspace) {}
+                    lastAttentionPath = "cudnn"
+                    return out
+                }
+                if attentionKernel == .cudnn {
+                    throw KilnError.unsupported("cuDNN attention has no engine for \(q.shape): "
+                        + (dnn.failure(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) ?? "?"))
+                }
+            } else if attentionKernel == .cudnn {
+                throw KilnError.unsupported("cuDNN attention unavailable: \(keyMask != nil ? "key masks run on Kiln's kernel" : cudnnState?.error ?? "?")")
+            }
+            guard d == 128 && attentionKernel != .gemm else {
+                return try attentionByGEMM(q: q, k: k, v: v, heads: heads, scale: softmaxScale, keyMask: keyMask)
+            }
+            lastAttentionPath = "own"
+            let out = try empty(q.shape)
+            let shared = (128 * 128 + 4 * 64 * 128) * 2
+            let f = try module("attention").function("attention_fwd_bf16_d128")
+            try check(kc_cu.cuFuncSetAttribute!(f, Int32(KC_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), Int32(shared)),
+                      "cuFuncSetAttribute(attention shared memory)")
+            var args = KernelArguments()
+            args.add(out.pointer); args.add(q.pointer); args.add(k.pointer); args.add(v.pointer); args.add(nullable(keyMask))
+            args.add(Int32(queries)); args.add(Int32(keys)); args.add(Int32(heads)); args.add(softmaxScale)
+            try launch(f, grid: ((queries + 127) / 128, heads, batch), block: (256, 1, 1), sharedBytes: shared, stream: stream,
+                       name: "attention_fwd_bf16_d128", args)
+            return out
+        }
+    }
+
+    /// Attention for any head size and with key masks, as GEMMs per (batch, head): fp32 scores `Q_h K_hᵀ`, a row
+    /// softmax to BF16 probabilities, then `P V_h` (V_h transposed first). Memory: Lq·Lk·6 bytes per call.
+    public func attention(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, bias: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(q, k, v, bias, op: "attention with bias")
+            let (queries, keys) = (q.shape[1], k.shape[1])
+            precondition(bias.shape == [heads, queries, keys] || bias.shape == [1, queries, keys], "attention: bias \(bias.shape)")
+            return try attentionByGEMM(q: q, k: k, v: v, heads: heads, scale: scale, keyMask: nil, bias: bias)
+        }
+    }
+
+    /// Attention as per-head GEMMs around a row softmax (fp32 scores): any head size, key masks and score biases.
+    func attentionByGEMM(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, keyMask: CUDATensor?,
+                         bias: CUDATensor? = nil) throws -> CUDATensor {
+        let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
+        let keys = k.shape[1]
+        let d = width / heads
+        lastAttentionPath = "gemm"
+        let out = try empty(q.shape)
+        let scores = try pool.allocate(queries * keys * 4)
+        let probabilities = try pool.allocate(queries * keys * 2)
+        let vt = try pool.allocate(d * keys * 2)
+        // Per-head pointers sit h·d elements into a row: as aligned as the largest power of two dividing 2·d (and 2·width).
+        var alignment = 256
+        while (2 * d) % alignment != 0 || (2 * width) % alignment != 0 { alignment /= 2 }
+        var scoreKey = GemmKey(m: queries, n: keys, k: d, precision: .bf16)
+        scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true; scoreKey.alignment = alignment
+        var outKey = GemmKey(m: queries, n: d, k: keys, precision: .bf16)
+        outKey.strideOut = width; outKey.alignment = alignment
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let offset = CUdeviceptr((h * d) * 2)
+                let qh = q.pointer + CUdeviceptr(b * queries * width * 2) + offset
+                let kh = k.pointer + CUdeviceptr(b * keys * width * 2) + offset
+                let vh = v.pointer + CUdeviceptr(b * keys * width * 2) + offset
+                let oh = out.pointer + CUdeviceptr(b * queries * width * 2) + offset
+                let s = GemmOperands(x: qh, w: kh, out: scores.pointer)
+                try runGemm(scoreKey, s)
+                try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (queries, 1, 1), block: (256, 1, 1)) {
+                    $0.add(probabilities.pointer); $0.add(scores.pointer)
+                    $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
+                    $0.add(bias.map { $0.pointer + CUdeviceptr(($0.shape[0] == 1 ? 0 : h) * queries * keys * 2) } ?? 0); $0.add(scale)
+                    $0.add(UInt64(queries)); $0.add(Int32(keys))
+                }
+                try launchKernel("softmax", "transpose_bf16", grid: ((d + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {
+                    $0.add(vt.pointer); $0.add(vh); $0.add(UInt64(keys)); $0.add(Int32(d)); $0.add(UInt64(width))
+                }
+                let o = GemmOperands(x: probabilities.pointer, w: vt.pointer, out: oh)
+                try runGemm(outKey, o)
+            }
+        }
+        withExtendedLifetime((scores, probabilities, vt)) {}
+        return out
+    }
+
+    /// cuDNN's attention, loaded on first use; nil (reason in `cudnnError`) when cuDNN is absent.
+    public func cudnn() -> CuDNN? {
+        if let state = cudnnState { return state.library }
+        do {
+            cudnnState = (try CuDNN(stream: stream), nil)
+        } catch {
+            cudnnState = (nil, "\(error)")
+        }
+        return cudnnState!.library
+    }
+
+    public var cudnnError: String? { cudnnState?.error }
+}

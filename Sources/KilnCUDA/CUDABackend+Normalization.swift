@@ -1,0 +1,163 @@
+import CKilnCUDA
+import KilnBackends
+import KilnCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Row and group normalizations, QK norm with rotary embedding, and the fused adaLN ops.
+extension CUDABackend {
+    public func layerNorm(_ x: CUDATensor, weight: CUDATensor?, bias: CUDATensor?, eps: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "layerNorm")
+            let c = x.shape.last!, rows = x.count / c
+            let out = try empty(x.shape)
+            try launchKernel("norm", "layernorm_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(nullable(weight)); $0.add(nullable(bias)); $0.add(eps)
+                $0.add(UInt64(rows)); $0.add(Int32(c))
+            }
+            return out
+        }
+    }
+
+    public func rmsNorm(_ x: CUDATensor, weight: CUDATensor, eps: Float) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, op: "rmsNorm")
+            let c = x.shape.last!, rows = x.count / c
+            precondition(weight.count == c, "rmsNorm: weight \(weight.shape) for \(c) channels")
+            let out = try empty(x.shape)
+            try launchKernel("norm", "rmsnorm_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(weight.pointer); $0.add(eps); $0.add(UInt64(rows)); $0.add(Int32(c))
+            }
+            return out
+        }
+    }
+
+    public func groupNorm(_ x: CUDATensor, groups: Int, weight: CUDATensor, bias: CUDATensor, eps: Float, silu: Bool) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, bias, op: "groupNorm")
+            let c = x.shape.last!, batch = x.shape[0]
+            let pixels = x.count / (batch * c)
+            precondition(c % groups == 0 && groups <= 64, "groupNorm: \(c) channels in \(groups) groups")
+            let statsBuffer = try pool.allocate(batch * groups * 2 * 8)
+            let coefficients = try pool.allocate(batch * c * 8)
+            try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: stream)
+            let perBlock = max(1, (65536 + c - 1) / c)
+            let chunks = (pixels + perBlock - 1) / perBlock
+            try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: (chunks, batch, 1), block: (256, 1, 1)) {
+                $0.add(statsBuffer.pointer); $0.add(x.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(UInt64(perBlock))
+            }
+            try launchKernel("groupnorm", "groupnorm_coefficients", grid: (batch, 1, 1), block: (256, 1, 1)) {
+                $0.add(coefficients.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
+                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups))
+            }
+            let out = try empty(x.shape)
+            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(coefficients.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c))
+                $0.add(Int32(silu ? 1 : 0)); $0.add(UInt64(x.count))
+            }
+            withExtendedLifetime(coefficients) {}
+            withExtendedLifetime(statsBuffer) {}
+            return out
+        }
+    }
+
+    // MARK: position
+
+    func normRoPE(_ x: CUDATensor, weight: CUDATensor?, table: RotaryTable<CUDATensor>?, eps: Float, length: Int, heads: Int, dim: Int) throws -> CUDATensor {
+        requireBF16(x, op: "rope")
+        if let table { precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "rope: table \(table.cos.shape) for L \(length) D \(dim)") }
+        let rows = x.count / dim
+        let out = try empty(x.shape)
+        try launchNormRoPE(out: out.pointer, x: x.pointer, weight: weight, table: table, eps: eps, rows: rows, length: length, heads: heads,
+                           dim: dim, tokenStride: heads * dim, outLength: length, outOffset: 0)
+        return out
+    }
+
+    /// The norm + RoPE kernel over `rows` (token, head) rows of input tokens `tokenStride` elements apart, written to
+    /// rows `outOffset ..< outOffset + length` of each batch item's `outLength` output tokens.
+    func launchNormRoPE(out: CUdeviceptr, x: CUdeviceptr, weight: CUDATensor?, table: RotaryTable<CUDATensor>?, eps: Float, rows: Int,
+                        length: Int, heads: Int, dim: Int, tokenStride: Int, outLength: Int, outOffset: Int) throws {
+        try launchKernel("rope", "norm_rope_bf16", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+            $0.add(out); $0.add(x); $0.add(nullable(weight)); $0.add(nullable(table?.cos)); $0.add(nullable(table?.sin))
+            $0.add(eps); $0.add(UInt64(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(dim))
+            $0.add(UInt64(tokenStride)); $0.add(Int32(outLength)); $0.add(Int32(outOffset))
+        }
+    }
+
+    /// Q and K go from the fused projections through the norm + RoPE kernel straight into the joint tensors (no
+    /// slices, no concatenation); V is copied into place by rows.
+    public func attentionInputs(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int) -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
+        attempt {
+            let batch = streams[0].qkv.shape[0], width = streams[0].qkv.shape[2] / 3, dim = width / heads
+            precondition(streams[0].qkv.shape[2] == 3 * width && width == heads * dim && dim % 2 == 0,
+                         "attentionInputs: \(streams[0].qkv.shape[2]) channels for 3 x \(heads) heads of an even size")
+            let total = streams.reduce(0) { $0 + $1.qkv.shape[1] }
+            let (q, k, v) = (try empty([batch, total, width]), try empty([batch, total, width]), try empty([batch, total, width]))
+            var offset = 0
+            for s in streams {
+                requireBF16(s.qkv, s.queryNorm, s.keyNorm, op: "attentionInputs")
+                let length = s.qkv.shape[1]
+                precondition(s.qkv.shape == [batch, length, 3 * width], "attentionInputs: projection \(s.qkv.shape) with \(width) channels")
+                if let table = s.rope {
+                    precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "attentionInputs: table \(table.cos.shape) for L \(length) D \(dim)")
+                }
+                for (out, column, weight) in [(q, 0, s.queryNorm), (k, width, s.keyNorm)] {
+                    try launchNormRoPE(out: out.pointer, x: s.qkv.pointer + CUdeviceptr(column * 2), weight: weight, table: s.rope, eps: eps,
+                                       rows: batch * length * heads, length: length, heads: heads, dim: dim, tokenStride: 3 * width,
+                                       outLength: total, outOffset: offset)
+                }
+                for b in 0..<batch {
+                    try copyRows(dst: v.pointer + CUdeviceptr((b * total + offset) * width * 2), dstStride: width,
+                                 src: s.qkv.pointer + CUdeviceptr((b * length * 3 * width + 2 * width) * 2), srcStride: 3 * width,
+                                 rows: length, cols: width)
+                }
+                offset += length
+            }
+            return (q, k, v)
+        }
+    }
+
+    public func rope(_ x: CUDATensor, _ table: RotaryTable<CUDATensor>) -> CUDATensor {
+        attempt { try normRoPE(x, weight: nil, table: table, eps: 0, length: x.shape[1], heads: x.shape[2], dim: x.shape[3]) }
+    }
+
+    public func qkNormRoPE(q: CUDATensor, k: CUDATensor, qWeight: CUDATensor, kWeight: CUDATensor, eps: Float, heads: Int,
+                           rope table: RotaryTable<CUDATensor>?) -> (q: CUDATensor, k: CUDATensor) {
+        attempt {
+            let d = q.shape[2] / heads
+            return (try normRoPE(q, weight: qWeight, table: table, eps: eps, length: q.shape[1], heads: heads, dim: d),
+                    try normRoPE(k, weight: kWeight, table: table, eps: eps, length: k.shape[1], heads: heads, dim: d))
+        }
+    }
+
+    // MARK: fused
+
+    /// For quantizable linears under `linearPrecision` `.fp8` the result is FP8 with per-row scales
+    /// (`layerNormModulateFP8`): the activation is quantized where it is made, not in a pass of its own.
+    public func layerNormModulate(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float, feedsQuantizableLinears: Bool) -> CUDATensor {
+        attempt {
+            if feedsQuantizableLinears && linearPrecision == .fp8 { return try layerNormModulateFP8(x, shift: shift, scale: scale, eps: eps) }
+            requireBF16(x, shift, scale, op: "layerNormModulate")
+            let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
+            let out = try empty(x.shape)
+            try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
+                $0.add(UInt64(rows)); $0.add(Int32(channels))
+            }
+            return out
+        }
+    }
+
+    /// `layerNormModulate` emitting FP8 e4m3 with per-row scales, to feed an FP8 linear directly.
+    public func layerNormModulateFP8(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) throws -> CUDATensor {
+        requireBF16(x, shift, scale, op: "layerNormModulateFP8")
+        let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
+        let out = try empty(x.shape, .fp8)
+        try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: (256, 1, 1), shared: channels * 4) {
+            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
+            $0.add(UInt64(rows)); $0.add(Int32(channels))
+        }
+        return out
+    }
+}

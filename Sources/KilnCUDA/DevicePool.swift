@@ -1,0 +1,123 @@
+import CKilnCUDA
+import KilnCore
+
+/// Element type of a device tensor.
+public enum DeviceType: Sendable {
+    case bf16, fp8, f32
+    public var size: Int { self == .fp8 ? 1 : self == .bf16 ? 2 : 4 }
+}
+
+/// A block of device memory from a `DevicePool`, returned to it when released.
+public final class DeviceStorage: @unchecked Sendable {
+    public let pointer: CUdeviceptr
+    public let bytes: Int
+    weak var pool: DevicePool?
+
+    init(pointer: CUdeviceptr, bytes: Int, pool: DevicePool?) {
+        (self.pointer, self.bytes, self.pool) = (pointer, bytes, pool)
+    }
+
+    deinit { pool?.release(pointer, bytes) }
+}
+
+/// A caching allocator over device memory: blocks are rounded to size classes and reused, so after the first pass
+/// through a model (or a step) no further driver allocation happens: the memory a step needs is planned by its
+/// first run. `poison` fills every handed-out block with NaNs (bf16 0xFFFF), for conformance tests.
+public final class DevicePool: @unchecked Sendable {
+    private var free: [Int: [CUdeviceptr]] = [:]
+    private var owned: [DeviceBuffer] = []
+    public private(set) var driverAllocations = 0
+    public private(set) var reservedBytes = 0
+    /// The most `reservedBytes` has been (a high-water mark; it leaves out the context, modules and cuBLASLt's workspace).
+    public private(set) var peakReservedBytes = 0
+    /// Changes whenever blocks leave the free lists for good (kept by a captured graph, or returned to the driver).
+    public private(set) var generation = 0
+    public var poison = false
+    let stream: CUDAStream
+
+    init(stream: CUDAStream) { self.stream = stream }
+
+    /// Size class: multiples of 512 bytes up to 1 MiB, of 2 MiB above.
+    public static func sizeClass(_ bytes: Int) -> Int {
+        let b = max(bytes, 1)
+        return b <= 1 << 20 ? (b + 511) / 512 * 512 : (b + (2 << 20) - 1) / (2 << 20) * (2 << 20)
+    }
+
+    public func allocate(_ bytes: Int) throws -> DeviceStorage {
+        let size = DevicePool.sizeClass(bytes)
+        let pointer: CUdeviceptr
+        if capturing, var list = captureFree[size], let p = list.popLast() {
+            captureFree[size] = list
+            pointer = p
+        } else if var list = free[size], let p = list.popLast() {
+            free[size] = list
+            pointer = p
+        } else {
+            // Stream capture cannot allocate: a graph is captured only after an eager run sized the pool.
+            guard !capturing else { throw KilnError.unsupported("device memory allocation during graph capture (\(size) bytes)") }
+            let buffer = try DeviceBuffer(bytes: size)
+            owned.append(buffer)
+            driverAllocations += 1
+            reservedBytes += size
+            peakReservedBytes = max(peakReservedBytes, reservedBytes)
+            pointer = buffer.pointer
+        }
+        if poison { try DeviceCopy.fill16(pointer, value: 0xFFFF, count: size / 2, stream: stream) }
+        return DeviceStorage(pointer: pointer, bytes: size, pool: self)
+    }
+
+    func release(_ pointer: CUdeviceptr, _ bytes: Int) {
+        if capturing { captureFree[bytes, default: []].append(pointer) } else { free[bytes, default: []].append(pointer) }
+    }
+
+    /// Gives every cached free block back to the driver (e.g. once the text encoders are gone), so later
+    /// allocations of other sizes do not stack on top of them.
+    func trim() {
+        let unused = Set(free.values.joined())
+        owned.removeAll { unused.contains($0.pointer) }
+        reservedBytes -= free.reduce(0) { $0 + $1.key * $1.value.count }
+        free = [:]
+        generation += 1
+    }
+
+    // MARK: graph capture
+    // Blocks freed while a graph is captured hold its intermediates: they are reused within the capture, then kept
+    // for the graph (which rewrites them on every replay) until it is destroyed.
+    private var capturing = false
+    /// Whether a graph capture is under way (nothing may synchronize or be timed).
+    public var isCapturing: Bool { capturing }
+    private var captureFree: [Int: [CUdeviceptr]] = [:]
+
+    func beginCapture() {
+        capturing = true
+        captureFree = [:]
+    }
+
+    /// Ends a capture; returns the blocks the graph keeps.
+    func endCapture() -> [Int: [CUdeviceptr]] {
+        capturing = false
+        generation += 1
+        defer { captureFree = [:] }
+        return captureFree
+    }
+
+    /// Returns a destroyed graph's blocks.
+    func returnBlocks(_ blocks: [Int: [CUdeviceptr]]) {
+        for (size, pointers) in blocks { free[size, default: []] += pointers }
+    }
+}
+
+/// A tensor on the GPU: row-major, contiguous, BF16 for activations (FP8 with per-row fp32 scales for quantized
+/// linear weights and activations).
+public struct CUDATensor {
+    public let storage: DeviceStorage
+    public let offset: Int
+    public let shape: [Int]
+    public let type: DeviceType
+    /// FP8: one fp32 scale per row (the last dimension is the row).
+    public let scales: DeviceStorage?
+
+    public var pointer: CUdeviceptr { storage.pointer + CUdeviceptr(offset) }
+    public var count: Int { shape.reduce(1, *) }
+    public var bytes: Int { count * type.size }
+}
