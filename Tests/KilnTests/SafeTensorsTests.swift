@@ -51,6 +51,13 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertLessThan(try file.tensor("f8").relativeError(to: values), 6e-2)
         XCTAssertEqual(file.info("bf16")?.dtype, .bf16)
         XCTAssertEqual(file.info("bf16")?.shape, [3, 5])
+        // Stored views: the file's bytes, rows of them decoding to the rows of the decoded tensor.
+        for name in ["f32", "f16", "bf16", "f8"] {
+            let stored = try file.stored(name)
+            XCTAssertEqual(stored.shape, [3, 5])
+            XCTAssertEqual(stored.decoded(), try file.tensor(name))
+            XCTAssertEqual(stored.rows(1..<3).decoded().data, Array(try file.tensor(name).data[5..<15]), name)
+        }
     }
 
     func testMissingTensorNamesTheFile() throws {
