@@ -50,10 +50,11 @@ part cold && for state in empty warm; do
   KILN_CACHE_DIR=$COLD $BIN bench --random-weights dev --device cuda --precision fp8 --width 1024 --height 1024 --steps 28 --runs 1 \
     --json "$OUT/coldstart-$state.json" 2>&1 | grep -v '^denoising' | tail -2
 done
-# Device time per op (CUDA events around every launch): 2 eager steps and a VAE decode, then two more decodes.
+# Device time per op (CUDA events around every launch): 2 eager steps and a VAE decode, then two more decodes. Kernels
+# load eagerly (CUDA_MODULE_LOADING=EAGER) so that the first run's figures hold no one-time loading of cuBLASLt kernels.
 part profile && for precision in ${KILN_PROFILE_PRECISIONS-bf16 fp8}; do
   echo "== op profile: dev 1024x1024 $precision, 2 eager steps and the VAE decode"
-  KILN_PROFILE=1 $BIN bench --random-weights dev --device cuda --precision $precision --width 1024 --height 1024 --steps 2 --runs 2 \
+  CUDA_MODULE_LOADING=EAGER KILN_PROFILE=1 $BIN bench --random-weights dev --device cuda --precision $precision --width 1024 --height 1024 --steps 2 --runs 2 \
     --json "$OUT/profile-$precision.json" 2>&1 | grep -v '^denoising' | grep -v '^{' | tail -52
 done
 part fp8 && for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
