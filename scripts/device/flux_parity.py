@@ -27,6 +27,17 @@ SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timest
              "use_dynamic_shifting": True, "base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
+def save_model(folder, transformer, vae):
+    """A diffusers FLUX.1-dev folder (transformer, VAE, scheduler, model_index.json) that `kiln` loads."""
+    transformer.save_pretrained(os.path.join(folder, "transformer"), max_shard_size="10GB")
+    vae.save_pretrained(os.path.join(folder, "vae"))
+    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
+    json.dump(SCHEDULER, open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w"))
+    json.dump({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+               "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]},
+              open(os.path.join(folder, "model_index.json"), "w"))
+
+
 def rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm()).item()
@@ -89,13 +100,7 @@ def main():
 
     transformer = build(FluxTransformer2DModel, DEV)
     vae = build(AutoencoderKL, VAE)
-    transformer.save_pretrained(os.path.join(folder, "transformer"), max_shard_size="10GB")
-    vae.save_pretrained(os.path.join(folder, "vae"))
-    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
-    json.dump(SCHEDULER, open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w"))
-    json.dump({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-               "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]},
-              open(os.path.join(folder, "model_index.json"), "w"))
+    save_model(folder, transformer, vae)
     timings["build_and_save_s"] = time.time() - t
 
     rows = columns = 64

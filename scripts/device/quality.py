@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flux_parity import SCHEDULER  # noqa: E402
+from flux_parity import SCHEDULER, save_model  # noqa: E402
 from flux_torch import DEV, VAE, build  # noqa: E402
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel  # noqa: E402
 
@@ -70,13 +70,7 @@ def main():
     torch.manual_seed(0)
     transformer = condition(build(FluxTransformer2DModel, DEV))
     vae = build(AutoencoderKL, VAE)
-    transformer.save_pretrained(os.path.join(folder, "transformer"), max_shard_size="10GB")
-    vae.save_pretrained(os.path.join(folder, "vae"))
-    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
-    json.dump(SCHEDULER, open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w"))
-    json.dump({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-               "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]},
-              open(os.path.join(folder, "model_index.json"), "w"))
+    save_model(folder, transformer, vae)
     g = torch.Generator(device="cuda").manual_seed(7)
     latents = torch.randn(1, 16, SIZE // 8, SIZE // 8, device="cuda", generator=g)
     embeds = torch.randn(1, 512, 4096, device="cuda", generator=g)
