@@ -49,6 +49,7 @@ public enum PNG {
 
     static func zlibStored(_ data: [UInt8]) -> [UInt8] {
         var out: [UInt8] = [0x78, 0x01]
+        out.reserveCapacity(data.count + 5 * (data.count / 65_535 + 1) + 6)
         var offset = 0
         repeat {
             let length = min(65_535, data.count - offset)
@@ -78,28 +79,54 @@ public enum PNG {
         return out
     }
 
-    static let crcTable: [UInt32] = (0..<256).map { n -> UInt32 in
-        var c = UInt32(n)
-        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+    /// CRC-32 tables for eight bytes at a time ("slicing by 8"): table k maps a byte k positions from the end.
+    static let crcTables: [UInt32] = {
+        var t = [UInt32](repeating: 0, count: 8 * 256)
+        for n in 0..<256 {
+            var c = UInt32(n)
+            for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+            t[n] = c
+        }
+        for k in 1..<8 {
+            for n in 0..<256 { t[k * 256 + n] = (t[(k - 1) * 256 + n] >> 8) ^ t[Int(t[(k - 1) * 256 + n] & 0xFF)] }
+        }
+        return t
+    }()
+
+    /// Continues a CRC-32 register (before the final inversion) over `data`.
+    static func crc32Update(_ crc: UInt32, _ data: UnsafeRawBufferPointer) -> UInt32 {
+        var c = crc
+        crcTables.withUnsafeBufferPointer { t in
+            var i = 0
+            while i + 8 <= data.count {
+                let one = UInt32(littleEndian: data.loadUnaligned(fromByteOffset: i, as: UInt32.self)) ^ c
+                let two = UInt32(littleEndian: data.loadUnaligned(fromByteOffset: i + 4, as: UInt32.self))
+                c = t[7 * 256 + Int(one & 0xFF)] ^ t[6 * 256 + Int((one >> 8) & 0xFF)] ^ t[5 * 256 + Int((one >> 16) & 0xFF)]
+                    ^ t[4 * 256 + Int(one >> 24)] ^ t[3 * 256 + Int(two & 0xFF)] ^ t[2 * 256 + Int((two >> 8) & 0xFF)]
+                    ^ t[256 + Int((two >> 16) & 0xFF)] ^ t[Int(two >> 24)]
+                i += 8
+            }
+            while i < data.count {
+                c = t[Int((c ^ UInt32(data[i])) & 0xFF)] ^ (c >> 8)
+                i += 1
+            }
+        }
         return c
     }
 
     /// CRC-32 as PNG chunks use it.
     static func crc32(_ bytes: [UInt8]) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        crcTable.withUnsafeBufferPointer { table in
-            bytes.withUnsafeBufferPointer { data in
-                for byte in data { c = table[Int((c ^ UInt32(byte)) & 0xFF)] ^ (c >> 8) }
-            }
-        }
-        return c ^ 0xFFFF_FFFF
+        bytes.withUnsafeBytes { ~crc32Update(0xFFFF_FFFF, $0) }
     }
 
     static func appendChunk(_ type: String, _ body: [UInt8], to png: inout [UInt8]) {
+        let name = Array(type.utf8)
+        png.reserveCapacity(png.count + 12 + body.count)
         appendBigEndian(UInt32(body.count), to: &png)
-        let typed = Array(type.utf8) + body
-        png += typed
-        appendBigEndian(crc32(typed), to: &png)
+        png += name
+        png += body
+        let crc = body.withUnsafeBytes { b in name.withUnsafeBytes { crc32Update(crc32Update(0xFFFF_FFFF, $0), b) } }
+        appendBigEndian(~crc, to: &png)
     }
 
     static func appendBigEndian(_ value: UInt32, to bytes: inout [UInt8]) {
