@@ -182,9 +182,7 @@ extension Backend {
     public func synchronize() throws {}
 
     public func weight(rows parts: [StoredTensor], role: WeightRole) -> Tensor {
-        let decoded = parts.map { $0.decoded() }
-        let shape = [decoded.reduce(0) { $0 + ($1.shape.first ?? 1) }] + (decoded.first?.shape.dropFirst() ?? [])
-        return weight(HostTensor(shape: shape, data: decoded.flatMap(\.data)), role: role)
+        weight(parts.decodedJoined(), role: role)
     }
 
     public var memoryReservedBytes: Int? { nil }

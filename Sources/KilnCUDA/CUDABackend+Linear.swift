@@ -38,13 +38,13 @@ extension CUDABackend {
         precondition(weight.shape == [n, k], "linear: input \(x.shape) vs weight \(weight.shape)")
         if let bias { precondition(bias.count == n, "linear: bias \(bias.shape) for \(n) outputs"); requireBF16(bias, op: "linear bias") }
         let m = x.count / k
-        let out = try empty(Array(x.shape.dropLast()) + [n])
         let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
         var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
         key.accumulate = residual != nil
         if precision == .fp8 && bf16Fallbacks.contains(key) {
             return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
         }
+        let out = try empty(Array(x.shape.dropLast()) + [n])
         var input = x
         if precision == .fp8 && x.type != .fp8 { input = try quantizeRows(x) }
         if precision == .bf16 {

@@ -175,11 +175,9 @@ public final class CUDABackend: Backend {
     public func weight(rows parts: [StoredTensor], role: WeightRole) -> CUDATensor {
         attempt {
             guard let dtype = parts.first?.dtype, parts.allSatisfy({ $0.dtype == dtype }), dtype != .f8e4m3 else {
-                let decoded = parts.map { $0.decoded() }
-                let shape = [decoded.reduce(0) { $0 + ($1.shape.first ?? 1) }] + (decoded.first?.shape.dropFirst() ?? [])
-                return weight(HostTensor(shape: shape, data: decoded.flatMap(\.data)), role: role)
+                return weight(parts.decodedJoined(), role: role)
             }
-            let shape = parts.count == 1 ? parts[0].shape : [parts.reduce(0) { $0 + ($1.shape.first ?? 1) }] + parts[0].shape.dropFirst()
+            let shape = parts.joinedShape
             let count = shape.reduce(1, *)
             let staged = try pool.allocate(count * dtype.size)
             var offset = 0

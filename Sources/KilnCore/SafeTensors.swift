@@ -164,6 +164,18 @@ public struct StoredTensor: @unchecked Sendable {
     }
 }
 
+extension Array where Element == StoredTensor {
+    /// The shape of these tensors joined along their first dimension (a single tensor: its own shape).
+    public var joinedShape: [Int] {
+        count == 1 ? self[0].shape : [reduce(0) { $0 + ($1.shape.first ?? 1) }] + (first?.shape.dropFirst() ?? [])
+    }
+
+    /// The joined tensor decoded to fp32 on the host.
+    public func decodedJoined() -> HostTensor {
+        HostTensor(shape: joinedShape, data: flatMap { $0.decoded().data })
+    }
+}
+
 /// Writes safetensors files.
 public enum SafeTensorsWriter {
     /// One tensor to write: its fp32 values and the dtype to store them in.

@@ -185,7 +185,7 @@ public struct FluxCheckpointWeights: WeightSource {
                 parts = [parts[0].rows(half..<(2 * half)), parts[0].rows(0..<half)]
             }
         }
-        let found = parts.count == 1 ? parts[0].shape : [parts.reduce(0) { $0 + ($1.shape.first ?? 0) }] + parts[0].shape.dropFirst()
+        let found = parts.joinedShape
         guard found == shape else { throw KilnError.wrongShape(name: name, expected: shape, found: found) }
         return backend.weight(rows: parts, role: role)
     }
