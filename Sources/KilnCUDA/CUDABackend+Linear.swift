@@ -23,7 +23,7 @@ extension CUDABackend {
         precondition(channels % 2 == 0, "quantizeRows: odd row length \(channels)")
         let rows = x.count / channels
         let out = try empty(x.shape, .fp8)
-        try launchKernel("norm", "quantize_rows_fp8", grid: ((rows + 7) / 8, 1, 1), block: (256, 1, 1)) {
+        try launchKernel("norm", "quantize_rows_fp8", grid: (rows, 1, 1), block: rowBlock(channels)) {
             $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(UInt64(rows)); $0.add(Int32(channels))
         }
         return out

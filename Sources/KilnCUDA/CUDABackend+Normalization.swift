@@ -86,7 +86,7 @@ extension CUDABackend {
     }
 
     /// Q and K go from the fused projections through the norm + RoPE kernel straight into the joint tensors (no
-    /// slices, no concatenation); V is copied into place by rows.
+    /// slices, no concatenation); V is copied into place by rows. 128-wide heads (FLUX) take one kernel for all three.
     public func attentionInputs(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int) -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         attempt {
             let batch = streams[0].qkv.shape[0], width = streams[0].qkv.shape[2] / 3, dim = width / heads
@@ -101,6 +101,16 @@ extension CUDABackend {
                 precondition(s.qkv.shape == [batch, length, 3 * width], "attentionInputs: projection \(s.qkv.shape) with \(width) channels")
                 if let table = s.rope {
                     precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "attentionInputs: table \(table.cos.shape) for L \(length) D \(dim)")
+                }
+                let pointers = [s.qkv.pointer, s.queryNorm.pointer, s.keyNorm.pointer, s.rope?.cos.pointer ?? 0, s.rope?.sin.pointer ?? 0]
+                if dim == 128 && pointers.allSatisfy({ $0 % 8 == 0 }) {
+                    try launchKernel("rope", "attention_inputs_d128", grid: ((batch * length * heads + 7) / 8, 1, 1), block: (256, 1, 1)) {
+                        $0.add(q.pointer); $0.add(k.pointer); $0.add(v.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
+                        $0.add(s.keyNorm.pointer); $0.add(nullable(s.rope?.cos)); $0.add(nullable(s.rope?.sin)); $0.add(eps)
+                        $0.add(UInt32(batch * length * heads)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(total)); $0.add(Int32(offset))
+                    }
+                    offset += length
+                    continue
                 }
                 for (out, column, weight) in [(q, 0, s.queryNorm), (k, width, s.keyNorm)] {
                     try launchNormRoPE(out: out.pointer, x: s.qkv.pointer + CUdeviceptr(column * 2), weight: weight, table: s.rope, eps: eps,
@@ -141,7 +151,7 @@ extension CUDABackend {
             requireBF16(x, shift, scale, op: "layerNormModulate")
             let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
             let out = try empty(x.shape)
-            try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: (256, 1, 1)) {
+            try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
                 $0.add(UInt64(rows)); $0.add(Int32(channels))
             }
@@ -154,7 +164,7 @@ extension CUDABackend {
         requireBF16(x, shift, scale, op: "layerNormModulateFP8")
         let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
         let out = try empty(x.shape, .fp8)
-        try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: (256, 1, 1), shared: channels * 4) {
+        try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256), shared: channels * 4) {
             $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
             $0.add(UInt64(rows)); $0.add(Int32(channels))
         }

@@ -105,6 +105,14 @@ public final class CUDABackend: Backend {
     /// The grid for kernels that move 8-element chunks per thread (`FOR_CHUNKS` in kiln_common.cuh).
     func chunkGrid(_ n: Int) -> (Int, Int, Int) { elementwiseGrid((n + 7) / 8) }
 
+    /// The block for row kernels that keep a row in registers (norm.cu's `ROW_CHUNKS` 8-element chunks per thread):
+    /// just enough warps for the row, so a 3072-wide row takes 3 warps, not 8 mostly idle ones, and more rows run at once.
+    /// `limit` is the kernel's `__launch_bounds__`; wider rows take the kernel's register-free path.
+    func rowBlock(_ channels: Int, limit: Int = 1024) -> (Int, Int, Int) {
+        let threads = ((channels + 31) / 32 + 31) / 32 * 32
+        return (min(limit, max(32, threads)), 1, 1)
+    }
+
     public func empty(_ shape: [Int], _ type: DeviceType = .bf16) throws -> CUDATensor {
         let count = shape.reduce(1, *)
         let scales = type == .fp8 ? try pool.allocate(max(1, count / max(1, shape.last ?? 1)) * 4) : nil

@@ -79,12 +79,23 @@ extern "C" __global__ void groupnorm_apply_bf16(bf16 *out, const bf16 *x, const 
     FOR_CHUNKS(i, n) {
         float v[8];
         load8(x, i, n, vec, v);
-        const u64 base = vec ? vector_index(i, channels, pixels, 1) : 0;
+        float2 ab[8];
+        if (vec && i + KILN_CHUNK <= n) {
+            // A whole chunk sits in one pixel: its 8 coefficient pairs are 64 contiguous bytes.
+            const float4 *c4 = reinterpret_cast<const float4 *>(coefficients + vector_index(i, channels, pixels, 1));
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float4 c = c4[k];
+                ab[2 * k] = make_float2(c.x, c.y);
+                ab[2 * k + 1] = make_float2(c.z, c.w);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) ab[k] = i + k < n ? coefficients[vector_index(i + k, channels, pixels, 1)] : make_float2(0.f, 0.f);
+        }
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            if (!vec && i + k >= n) break;
-            const float2 ab = coefficients[vec ? base + k : vector_index(i + k, channels, pixels, 1)];
-            v[k] = v[k] * ab.x + ab.y;
+            v[k] = v[k] * ab[k].x + ab[k].y;
             if (silu) v[k] = silu_f(v[k]);
         }
         store8(out, i, n, vec, v);

@@ -63,6 +63,17 @@ __device__ __forceinline__ float block_sum(float v, float *scratch) {
     return warp_sum(total);
 }
 
+/// Maximum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    v = warp_max(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = -KILN_INF;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
 __device__ __forceinline__ float silu_f(float v) { return v / (1.f + __expf(-v)); }
 
 __device__ __forceinline__ float gelu_tanh_f(float v) {

@@ -1,4 +1,4 @@
-// Row normalizations over the last dimension: one warp per row (rows of any length), fp32 statistics.
+// Row normalizations over the last dimension (fp32 statistics) and per-row FP8 quantization.
 #include "kiln_common.cuh"
 
 /// Layer norm with optional affine weight/bias (null when absent).
@@ -46,23 +46,25 @@ __device__ __forceinline__ void block_row_moments(const bf16 *xr, int channels, 
     inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
 }
 
-/// Largest value over the block (blockDim.x a multiple of 32); every thread gets it.
-__device__ __forceinline__ float block_max(float v, float *scratch) {
-    v = warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float m = 0.f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, scratch[w]);
-    return m;
-}
-
 // adaLN rows held in registers: each thread keeps up to ROW_CHUNKS 8-element chunks, so x is read once (16-byte loads).
 #define ROW_CHUNKS 4
 
 /// Whether a row of `channels` fits the register path of a block.
 __device__ __forceinline__ bool row_in_registers(int channels, const void *x) {
     return channels % 8 == 0 && channels / 8 <= ROW_CHUNKS * (int)blockDim.x && aligned16(x);
+}
+
+/// The thread's register chunks of one row times `r`, as e4m3 (8-byte stores).
+__device__ __forceinline__ void store_row_fp8(fp8e4m3 *o, float v[ROW_CHUNKS][8], int channels, float r) {
+#pragma unroll
+    for (int j = 0; j < ROW_CHUNKS; j++) {
+        const int c8 = threadIdx.x + j * blockDim.x;
+        if (c8 < channels / 8) {
+            const unsigned lo = pack_e4m3x2(v[j][0] * r, v[j][1] * r) | ((unsigned)pack_e4m3x2(v[j][2] * r, v[j][3] * r) << 16);
+            const unsigned hi = pack_e4m3x2(v[j][4] * r, v[j][5] * r) | ((unsigned)pack_e4m3x2(v[j][6] * r, v[j][7] * r) << 16);
+            *reinterpret_cast<uint2 *>(o + 8 * c8) = make_uint2(lo, hi);
+        }
+    }
 }
 
 /// layerNorm(x) * (1 + scale) + shift for the thread's chunks of one row, rounded to bf16 as the BF16 path stores it.
@@ -146,17 +148,8 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
 #pragma unroll
                 for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
         const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
-        const float r = 1.f / s;
         if (threadIdx.x == 0) rowScale[row] = s;
-#pragma unroll
-        for (int j = 0; j < ROW_CHUNKS; j++) {
-            const int c8 = threadIdx.x + j * blockDim.x;
-            if (c8 < channels / 8) {
-                const unsigned lo = pack_e4m3x2(v[j][0] * r, v[j][1] * r) | ((unsigned)pack_e4m3x2(v[j][2] * r, v[j][3] * r) << 16);
-                const unsigned hi = pack_e4m3x2(v[j][4] * r, v[j][5] * r) | ((unsigned)pack_e4m3x2(v[j][6] * r, v[j][7] * r) << 16);
-                *reinterpret_cast<uint2 *>(o + 8 * c8) = make_uint2(lo, hi);
-            }
-        }
+        store_row_fp8(o, v, channels, 1.f / s);
         return;
     }
     float mean, inv;
@@ -175,42 +168,38 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
 }
 
 /// Per-row dynamic FP8 quantization of a bf16 matrix [rows, C] (C even): e4m3 values and fp32 scales (amax / 448).
-/// Used for activations before an FP8 GEMM and for weights (per output channel) at load. One warp per row, 16-byte
-/// loads where C is a multiple of 8 and the rows are aligned.
+/// Used for activations before an FP8 GEMM and for weights (per output channel) at load. One block per row; where C is
+/// a multiple of 8, the rows are aligned and each thread's share fits ROW_CHUNKS chunks, the row is read once into
+/// registers (16-byte loads), else twice.
 extern "C" __global__ void quantize_rows_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, u64 rows, int channels) {
-    const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
+    __shared__ float scratch[32];
+    const u64 row = blockIdx.x;
     const bf16 *xr = x + row * channels;
-    fp8e4m3 *outRow = out + row * channels;
-    const bool vec = channels % 8 == 0 && aligned16(x) && ((u64)out & 7) == 0;
-    float amax = 0.f;
-    if (vec) {
-        for (int c = 8 * lane; c < channels; c += 256) {
-            float v[8];
-            load8(xr, c, channels, true, v);
+    fp8e4m3 *o = out + row * channels;
+    if (row_in_registers(channels, x) && ((u64)out & 7) == 0) {
+        float v[ROW_CHUNKS][8];
+        float amax = 0.f;
 #pragma unroll
-            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
+        for (int j = 0; j < ROW_CHUNKS; j++) {
+            const int c8 = threadIdx.x + j * blockDim.x;
+            if (c8 < channels / 8) {
+                load8(xr, 8 * c8, channels, true, v[j]);
+#pragma unroll
+                for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
+            }
         }
-    } else {
-        for (int c = lane; c < channels; c += 32) amax = fmaxf(amax, fabsf(bf2f(xr[c])));
+        const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
+        if (threadIdx.x == 0) rowScale[row] = s;
+        store_row_fp8(o, v, channels, 1.f / s);
+        return;
     }
-    amax = warp_max(amax);
-    const float s = fmaxf(amax, 1e-12f) / 448.f;
+    float amax = 0.f;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) amax = fmaxf(amax, fabsf(bf2f(xr[c])));
+    const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
     const float r = 1.f / s;
-    if (lane == 0) rowScale[row] = s;
-    if (vec) {
-        for (int c = 8 * lane; c < channels; c += 256) {
-            float v[8];
-            load8(xr, c, channels, true, v);
-            const unsigned lo = pack_e4m3x2(v[0] * r, v[1] * r) | ((unsigned)pack_e4m3x2(v[2] * r, v[3] * r) << 16);
-            const unsigned hi = pack_e4m3x2(v[4] * r, v[5] * r) | ((unsigned)pack_e4m3x2(v[6] * r, v[7] * r) << 16);
-            *reinterpret_cast<uint2 *>(outRow + c) = make_uint2(lo, hi);
-        }
-    } else {
-        for (int c = 2 * lane; c + 1 < channels; c += 64)
-            *(unsigned short *)(outRow + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
-    }
+    if (threadIdx.x == 0) rowScale[row] = s;
+    for (int c = 2 * threadIdx.x; c + 1 < channels; c += 2 * blockDim.x)
+        *(unsigned short *)(o + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
 }
 
 /// The inverse, for GEMM shapes cuBLASLt runs only in BF16: out[r, c] = codes[r, c] · scale[r] (C even).
