@@ -144,7 +144,7 @@ public final class CUDABackend: Backend {
             var bits = [UInt16](repeating: 0, count: t.count)
             try bits.withUnsafeMutableBytes { try DeviceCopy.download(t.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
             try stream.synchronize()
-            return HostTensor(shape: t.shape, data: bits.map(NumberFormats.bf16ToFloat))
+            return HostTensor(shape: t.shape, data: NumberFormats.bf16ToFloats(bits))
         case .f32:
             var values = [Float](repeating: 0, count: t.count)
             try values.withUnsafeMutableBytes { try DeviceCopy.download(t.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }

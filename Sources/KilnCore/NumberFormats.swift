@@ -7,6 +7,16 @@ public enum NumberFormats {
         Float(bitPattern: UInt32(bits) << 16)
     }
 
+    /// Many bfloat16 values at once (a plain loop: `map` took 9 ms for a 1024x1024 RGB image).
+    public static func bf16ToFloats(_ bits: [UInt16]) -> [Float] {
+        [Float](unsafeUninitializedCapacity: bits.count) { out, count in
+            bits.withUnsafeBufferPointer { source in
+                for i in source.indices { out[i] = Float(bitPattern: UInt32(source[i]) << 16) }
+            }
+            count = bits.count
+        }
+    }
+
     /// fp32 → bfloat16 bits, round to nearest even; NaN stays NaN.
     @inline(__always)
     public static func floatToBF16(_ value: Float) -> UInt16 {

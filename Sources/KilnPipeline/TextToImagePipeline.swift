@@ -224,9 +224,30 @@ public final class TextToImagePipeline<B: Backend> {
         let shift = faults.contains(.vaeShiftDropped) ? 0 : vaeConfig.shiftFactor
         let scaled = latents.permuted([0, 2, 3, 1]).data.map { $0 / vaeConfig.scalingFactor + shift }
         let z = HostTensor(shape: [latents.shape[0], latents.shape[2], latents.shape[3], latents.shape[1]], data: scaled)
-        let image = backend.host(decodeOnDevice(z)).permuted([0, 3, 1, 2])
-        // Non-finite values pass through (the PNG writer blackens them and the caller can count them).
-        return HostTensor(shape: image.shape, data: image.data.map { $0.isFinite ? min(max($0 / 2 + 0.5, 0), 1) : $0 })
+        return TextToImagePipeline.imagePlanes(backend.host(decodeOnDevice(z)))
+    }
+
+    /// The decoder's NHWC output in [-1, 1] as NCHW planes in [0, 1], in one pass (three separate passes over a
+    /// 1024x1024 image took 30 ms on the host). Non-finite values pass through (the PNG writer blackens them and the
+    /// caller can count them).
+    static func imagePlanes(_ nhwc: HostTensor) -> HostTensor {
+        let (batch, height, width, channels) = (nhwc.shape[0], nhwc.shape[1], nhwc.shape[2], nhwc.shape[3])
+        let plane = height * width
+        var planes = [Float](repeating: 0, count: nhwc.data.count)
+        nhwc.data.withUnsafeBufferPointer { source in
+            planes.withUnsafeMutableBufferPointer { target in
+                for b in 0..<batch {
+                    for pixel in 0..<plane {
+                        let from = (b * plane + pixel) * channels
+                        for c in 0..<channels {
+                            let v = source[from + c]
+                            target[(b * channels + c) * plane + pixel] = v.isFinite ? min(max(v / 2 + 0.5, 0), 1) : v
+                        }
+                    }
+                }
+            }
+        }
+        return HostTensor(shape: [batch, channels, height, width], data: planes)
     }
 
     /// The VAE decoder on the device: op by op on a latent shape's first decode, captured as one graph on the next if
