@@ -121,8 +121,13 @@ extension CUDABackend {
         }
     }
 
+    /// FP8 inputs (from `attentionInputs` under FP8 attention) take cuDNN's FP8 engine and give an FP8 output.
     public func attention(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float?, keyMask: CUDATensor?) -> CUDATensor {
         attempt {
+            if q.type == .fp8 {
+                precondition(keyMask == nil, "attention: FP8 inputs take no key mask")
+                return try attentionFP8(q: q, k: k, v: v, heads: heads, scale: scale)
+            }
             requireBF16(q, k, v, op: "attention")
             let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
             let keys = k.shape[1]
@@ -167,6 +172,42 @@ extension CUDABackend {
                        name: "attention_fwd_bf16_d128", args)
             return out
         }
+    }
+
+    /// FP8 attention on cuDNN's fused FP8 flash attention (Hopper): `q`, `k`, `v` are `.fp8` `[B, L, H·D]` with per-tensor
+    /// scales (element 0 of each `scales` buffer is the descale: value = code × descale). Returns `.fp8` `[B, Lq, H·D]`
+    /// whose per-row scales all hold the output descale (V's × 1.125), so it feeds an FP8 GEMM as it is. Every scale is
+    /// read and derived on the device (CUDA-graph capturable). Throws `KilnError.unsupported` where cuDNN has no engine.
+    public func attentionFP8(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float?) throws -> CUDATensor {
+        for t in [q, k, v] where t.type != .fp8 {
+            throw KilnError.invalidArgument("attentionFP8: expects FP8 tensors, got \(t.type) \(t.shape)")
+        }
+        let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
+        let keys = k.shape[1]
+        precondition(k.shape == [batch, keys, width] && v.shape == k.shape, "attentionFP8: q \(q.shape) k \(k.shape) v \(v.shape)")
+        let d = width / heads
+        guard let dnn = cudnn() else { throw KilnError.unsupported("cuDNN FP8 attention unavailable: \(cudnnError ?? "?")") }
+        guard let plan = dnn.fp8AttentionPlan(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) else {
+            throw KilnError.unsupported("cuDNN has no FP8 attention engine for \(batch)x\(heads)x\(queries)x\(keys)x\(d): "
+                + (dnn.fp8AttentionFailure(batch: batch, heads: heads, queries: queries, keys: keys, dim: d) ?? "?"))
+        }
+        let out = try empty(q.shape, .fp8)
+        // scale_o, descale_s, scale_s (fp8_attention_scales), then cuDNN's amax of P and of O; 16 bytes apart.
+        let scalars = try pool.allocate(5 * 16)
+        let rows = batch * queries
+        try launchKernel("elementwise", "fp8_attention_scales", grid: elementwiseGrid(rows), block: (256, 1, 1)) {
+            $0.add(scalars.pointer); $0.add(out.scales!.pointer); $0.add(v.scales!.pointer); $0.add(UInt64(rows))
+        }
+        let workspace = plan.workspaceBytes > 0 ? try pool.allocate(plan.workspaceBytes) : nil
+        try profiled("cudnn attention fp8 \(batch)x\(heads)x\(queries)x\(keys)x\(d)") {
+            try dnn.runFP8Attention(plan, q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer,
+                                    descaleQ: q.scales!.pointer, descaleK: k.scales!.pointer, descaleV: v.scales!.pointer,
+                                    descaleS: scalars.pointer + 16, scaleS: scalars.pointer + 32, scaleO: scalars.pointer,
+                                    amaxS: scalars.pointer + 48, amaxO: scalars.pointer + 64,
+                                    scale: scale ?? 1 / Float(d).squareRoot(), workspace: workspace?.pointer ?? 0)
+        }
+        withExtendedLifetime((scalars, workspace)) {}
+        return out
     }
 
     /// Attention for any head size and with key masks, as GEMMs per (batch, head): fp32 scores `Q_h K_hᵀ`, a row

@@ -93,6 +93,10 @@ extension CUDABackend {
             precondition(streams[0].qkv.shape[2] == 3 * width && width == heads * dim && dim % 2 == 0,
                          "attentionInputs: \(streams[0].qkv.shape[2]) channels for 3 x \(heads) heads of an even size")
             let total = streams.reduce(0) { $0 + $1.qkv.shape[1] }
+            if attentionPrecision == .fp8, dim == 128, streams.count <= 2,
+               cudnn()?.fp8AttentionPlan(batch: batch, heads: heads, queries: total, keys: total, dim: dim) != nil {
+                return try attentionInputsFP8(streams, eps: eps, heads: heads, total: total)
+            }
             let (q, k, v) = (try empty([batch, total, width]), try empty([batch, total, width]), try empty([batch, total, width]))
             var offset = 0
             for s in streams {
@@ -126,6 +130,43 @@ extension CUDABackend {
             }
             return (q, k, v)
         }
+    }
+
+    /// The joint Q, K, V as e4m3 with one scale per tensor, for cuDNN's FP8 attention: Q's and K's scales bound from
+    /// the norm weights before any token is seen (one tiny kernel), so both are written as FP8 in the same pass that
+    /// norms and rotates them; V, not normed, gets its absolute maximum gathered in that pass and is quantized right
+    /// after. Each tensor's `scales` holds its one descale (not a scale per row: these feed only `attention`).
+    func attentionInputsFP8(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int, total: Int) throws -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
+        let batch = streams[0].qkv.shape[0], width = heads * 128
+        let count = batch * total * width
+        let slots = try pool.allocate(16)
+        try launchKernel("rope", "attention_input_scales", grid: (1, 1, 1), block: (128, 1, 1)) {
+            $0.add(slots.pointer); $0.add(streams[0].queryNorm.pointer); $0.add(streams[0].keyNorm.pointer)
+            $0.add(streams.count > 1 ? streams[1].queryNorm.pointer : 0); $0.add(streams.count > 1 ? streams[1].keyNorm.pointer : 0)
+        }
+        func fp8(slot: Int) throws -> CUDATensor {
+            CUDATensor(storage: try pool.allocate(count), offset: 0, shape: [batch, total, width], type: .fp8,
+                       scales: DeviceStorage(viewOf: slots, offset: 4 * slot, bytes: 4))
+        }
+        let (q, k, v) = (try fp8(slot: 0), try fp8(slot: 1), try fp8(slot: 3))
+        let values = try empty([batch, total, width])
+        var offset = 0
+        for s in streams {
+            requireBF16(s.qkv, s.queryNorm, s.keyNorm, op: "attentionInputs")
+            let length = s.qkv.shape[1]
+            precondition(s.qkv.shape == [batch, length, 3 * width], "attentionInputs: projection \(s.qkv.shape) with \(width) channels")
+            let rows = batch * length * heads
+            try launchKernel("rope", "attention_inputs_fp8_d128", grid: (min((rows + 7) / 8, device.multiprocessors * 8), 1, 1), block: (256, 1, 1)) {
+                $0.add(q.pointer); $0.add(k.pointer); $0.add(values.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
+                $0.add(s.keyNorm.pointer); $0.add(nullable(s.rope?.cos)); $0.add(nullable(s.rope?.sin)); $0.add(eps)
+                $0.add(UInt32(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(total)); $0.add(Int32(offset)); $0.add(slots.pointer)
+            }
+            offset += length
+        }
+        try launchKernel("norm", "quantize_tensor_fp8", grid: chunkGrid(count), block: (256, 1, 1)) {
+            $0.add(v.pointer); $0.add(slots.pointer + 12); $0.add(values.pointer); $0.add(slots.pointer + 8); $0.add(UInt64(count))
+        }
+        return (q, k, v)
     }
 
     public func rope(_ x: CUDATensor, _ table: RotaryTable<CUDATensor>) -> CUDATensor {

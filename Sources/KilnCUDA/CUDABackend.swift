@@ -17,6 +17,9 @@ public final class CUDABackend: Backend {
     /// Precision of quantizable linear layers: weights loaded as `.quantizableLinear` are quantized to FP8 (per output
     /// channel) when `.fp8`, and their inputs per row as they enter the GEMM.
     public let linearPrecision: GemmPrecision
+    /// Precision of joint attention (`attentionInputs` then `attention`): FP8 e4m3 through cuDNN where it has an FP8
+    /// engine for the shape, with FP8 linears by default (`KILN_ATTENTION_PRECISION=bf16` keeps it in BF16).
+    public var attentionPrecision: GemmPrecision
     /// Time the heuristic's top candidates the first time a GEMM shape is seen (else take the heuristic's first).
     public var autotune = true
     /// Which attention implementation runs: cuDNN's fused flash attention when it has an engine for the shape
@@ -50,6 +53,7 @@ public final class CUDABackend: Backend {
                                   gpu: self.device.name, cublasLtVersion: lt.version)
         tuner = GemmTuner(lt: lt, cache: cache)
         self.linearPrecision = linearPrecision
+        attentionPrecision = FileIO.environment("KILN_ATTENTION_PRECISION") == "bf16" ? .bf16 : linearPrecision
     }
 
     public var name: String { "cuda" }
@@ -226,6 +230,15 @@ public final class CUDABackend: Backend {
     /// Rows or columns `range` of an FP8 matrix (a quantized weight split at load), with their per-row scales. Split
     /// columns keep their rows' scales: each part is the same codes times the same scale.
     func sliceFP8(_ x: CUDATensor, axis: Int, _ range: Range<Int>) throws -> CUDATensor {
+        // Rows of one batch item (the text and image parts of an FP8 attention output): a view, scales included.
+        if axis == x.shape.count - 2, x.shape[..<axis].reduce(1, *) == 1, let scales = x.scales {
+            precondition(range.lowerBound >= 0 && range.upperBound <= x.shape[axis], "slice \(range) of axis \(axis) in \(x.shape)")
+            var shape = x.shape
+            shape[axis] = range.count
+            let row = x.shape.last!
+            return CUDATensor(storage: x.storage, offset: x.offset + range.lowerBound * row, shape: shape, type: .fp8,
+                              scales: DeviceStorage(viewOf: scales, offset: range.lowerBound * 4, bytes: range.count * 4))
+        }
         precondition(x.shape.count == 2 && (axis == 0 || axis == 1) && range.lowerBound >= 0 && range.upperBound <= x.shape[axis],
                      "slice: FP8 tensors split as matrices (\(x.shape), axis \(axis), \(range))")
         let (rows, columns) = (x.shape[0], x.shape[1])

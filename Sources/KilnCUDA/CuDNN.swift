@@ -4,8 +4,9 @@ import KilnCore
 import Glibc
 #endif
 
-/// cuDNN through its backend (graph) API: fused flash attention (the unified SDPA_FWD operation) over the op
-/// interface's `[B, L, H·D]` layout, and NHWC convolutions; one execution plan per shape, built on first use.
+/// cuDNN through its backend (graph) API: fused flash attention (the unified SDPA_FWD operation in BF16, the FP8
+/// composite graph) over the op interface's `[B, L, H·D]` layout, and NHWC convolutions; one execution plan per shape,
+/// built on first use.
 public final class CuDNN: @unchecked Sendable {
     public let handle: cudnnHandle_t
     public let version: Int
@@ -25,8 +26,23 @@ public final class CuDNN: @unchecked Sendable {
         deinit { kc_sdpa_destroy(raw) }
     }
 
-    private var plans: [Shape: Plan] = [:]
-    private var failures: [Shape: String] = [:]
+    /// Plans by shape, each built at most once: a shape cuDNN has no engine for keeps its reason.
+    struct PlanCache<Key: Hashable> {
+        var plans: [Key: Plan] = [:]
+        var failures: [Key: String] = [:]
+
+        mutating func plan(_ key: Key, build: () -> (plan: Plan?, failure: String?)) -> Plan? {
+            if let p = plans[key] { return p }
+            if failures[key] != nil { return nil }
+            let (plan, failure) = build()
+            plans[key] = plan
+            failures[key] = failure
+            return plan
+        }
+    }
+
+    private var attention = PlanCache<Shape>()
+    private var fp8Attention = PlanCache<Shape>()
 
     public init(stream: CUDAStream) throws {
         path = try CUDALibrary.cudnn.load()
@@ -52,16 +68,26 @@ public final class CuDNN: @unchecked Sendable {
 
     /// The plan for a shape, or nil (with the reason remembered) when cuDNN offers no engine for it.
     public func plan(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> Plan? {
-        let shape = Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)
-        if let p = plans[shape] { return p }
-        if failures[shape] != nil { return nil }
-        let (plan, failure) = CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
-            kc_sdpa_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, raw,
-                           workspace, count, info, infoSize, message, messageSize)
+        attention.plan(Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)) {
+            CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
+                kc_sdpa_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, raw,
+                               workspace, count, info, infoSize, message, messageSize)
+            }
         }
-        plans[shape] = plan
-        failures[shape] = failure
-        return plan
+    }
+
+    /// The FP8 attention plan for a shape, or nil (reason in `fp8AttentionFailure`) when cuDNN has no FP8 engine for it.
+    public func fp8AttentionPlan(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> Plan? {
+        fp8Attention.plan(Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)) {
+            CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
+                kc_sdpa_fp8_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, raw,
+                                   workspace, count, info, infoSize, message, messageSize)
+            }
+        }
+    }
+
+    public func fp8AttentionFailure(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> String? {
+        fp8Attention.failures[Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)]
     }
 
     /// Runs one of sdpa.c's plan builders with its output buffers: the plan, or cuDNN's reason for having none.
@@ -81,8 +107,7 @@ public final class CuDNN: @unchecked Sendable {
     }
 
     struct ConvShape: Hashable { var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int; var bias, residual: Bool }
-    private var convPlans: [ConvShape: Plan] = [:]
-    private var convFailures: [ConvShape: String] = [:]
+    private var convolution = PlanCache<ConvShape>()
 
     /// The plan for an NHWC convolution, its bias and a residual added in the same kernel where asked, or nil (reason in
     /// `convolutionFailures`) when cuDNN has no engine for it.
@@ -92,21 +117,18 @@ public final class CuDNN: @unchecked Sendable {
         let shape = ConvShape(n: batch, c: channels, h: height, w: width, k: outChannels, r: kh, s: kw, stride: stride,
                               top: padding.top, left: padding.left, bottom: padding.bottom, right: padding.right,
                               bias: bias, residual: residual)
-        if let p = convPlans[shape] { return p }
-        if convFailures[shape] != nil { return nil }
-        let (plan, failure) = CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
-            kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
-                           Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
-                           Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth),
-                           bias ? 1 : 0, residual ? 1 : 0, 0, raw,
-                           workspace, count, info, infoSize, message, messageSize)
+        return convolution.plan(shape) {
+            CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
+                kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
+                               Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
+                               Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth),
+                               bias ? 1 : 0, residual ? 1 : 0, 0, raw,
+                               workspace, count, info, infoSize, message, messageSize)
+            }
         }
-        convPlans[shape] = plan
-        convFailures[shape] = failure
-        return plan
     }
 
-    public var convolutionFailures: [String] { convFailures.values.sorted() }
+    public var convolutionFailures: [String] { convolution.failures.values.sorted() }
 
     /// `bias` and `residual` are read where the plan was built with them (0 otherwise).
     public func runConvolution(_ plan: Plan, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr, bias: CUdeviceptr,
@@ -117,7 +139,7 @@ public final class CuDNN: @unchecked Sendable {
     }
 
     public func failure(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> String? {
-        failures[Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)]
+        attention.failures[Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)]
     }
 
     public func run(_ plan: Plan, q: CUdeviceptr, k: CUdeviceptr, v: CUdeviceptr, out: CUdeviceptr, scale: Float,
@@ -125,5 +147,17 @@ public final class CuDNN: @unchecked Sendable {
         var message = [CChar](repeating: 0, count: 1024)
         let status = kc_sdpa_execute(handle, plan.raw, q, k, v, out, scale, workspace, &message, message.count)
         guard status == 0 else { throw CUDAError(call: "cuDNN SDPA", status: status, text: String(cString: message)) }
+    }
+
+    /// Enqueues FP8 attention: every scale a device fp32 scalar (see kc_sdpa_fp8_execute); `amaxS` and `amaxO` receive
+    /// max |P| and max |O|.
+    public func runFP8Attention(_ plan: Plan, q: CUdeviceptr, k: CUdeviceptr, v: CUdeviceptr, out: CUdeviceptr,
+                                descaleQ: CUdeviceptr, descaleK: CUdeviceptr, descaleV: CUdeviceptr, descaleS: CUdeviceptr,
+                                scaleS: CUdeviceptr, scaleO: CUdeviceptr, amaxS: CUdeviceptr, amaxO: CUdeviceptr,
+                                scale: Float, workspace: CUdeviceptr) throws {
+        var message = [CChar](repeating: 0, count: 1024)
+        let status = kc_sdpa_fp8_execute(handle, plan.raw, q, k, v, out, descaleQ, descaleK, descaleV, descaleS, scaleS, scaleO,
+                                         amaxS, amaxO, scale, workspace, &message, message.count)
+        guard status == 0 else { throw CUDAError(call: "cuDNN FP8 SDPA", status: status, text: String(cString: message)) }
     }
 }

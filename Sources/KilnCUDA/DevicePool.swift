@@ -12,9 +12,17 @@ public final class DeviceStorage: @unchecked Sendable {
     public let pointer: CUdeviceptr
     public let bytes: Int
     weak var pool: DevicePool?
+    /// What a view keeps alive.
+    let parent: DeviceStorage?
 
     init(pointer: CUdeviceptr, bytes: Int, pool: DevicePool?) {
-        (self.pointer, self.bytes, self.pool) = (pointer, bytes, pool)
+        (self.pointer, self.bytes, self.pool, self.parent) = (pointer, bytes, pool, nil)
+    }
+
+    /// `bytes` of `parent` from `offset` on (FP8 scale vectors of row slices, single scale slots).
+    public init(viewOf parent: DeviceStorage, offset: Int, bytes: Int) {
+        precondition(offset >= 0 && offset + bytes <= parent.bytes, "storage view \(offset)+\(bytes) of \(parent.bytes) bytes")
+        (self.pointer, self.bytes, self.pool, self.parent) = (parent.pointer + CUdeviceptr(offset), bytes, nil, parent)
     }
 
     deinit { pool?.release(pointer, bytes) }

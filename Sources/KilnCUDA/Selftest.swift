@@ -128,12 +128,13 @@ public final class GPUSelftest {
     // MARK: conformance
 
     public func conformance() {
-        say("conformance (CUDA vs CPU fp32 reference; BF16 tol 1e-2, FP8 GEMM tol 3e-2):")
+        say("conformance (CUDA vs CPU fp32 reference; BF16 tol 1e-2, FP8 GEMM tol 3e-2, FP8 attention tol 5e-2):")
         elementwise()
         normalization()
         position()
         linear()
         attention()
+        attentionFP8()
         images()
         graph()
     }
@@ -238,28 +239,44 @@ public final class GPUSelftest {
     /// Per-row e4m3 quantization on the host (amax / 448), dequantized: the exact values an FP8 kernel should produce.
     static func quantizeRowsOnHost(_ h: HostTensor) -> HostTensor {
         let c = h.shape.last!
-        var table: [(Float, UInt8)] = (0..<127).map { (NumberFormats.e4m3ToFloat(UInt8($0)), UInt8($0)) }
-        table.sort { $0.0 < $1.0 }
-        let values = table.map { $0.0 }
-        func nearest(_ v: Float) -> Float {
-            let m = min(abs(v), 448)
-            var lo = 0, hi = values.count - 1
-            while hi - lo > 1 { let mid = (lo + hi) / 2; if values[mid] <= m { lo = mid } else { hi = mid } }
-            let (a, b) = (values[lo], values[hi])
-            let pick: Float
-            if m - a < b - m { pick = a } else if m - a > b - m { pick = b } else {
-                pick = table[lo].1 & 1 == 0 ? a : b
-            }
-            return v < 0 ? -pick : pick
-        }
         var out = h.data
         for r in 0..<(h.count / c) {
             var amax: Float = 0
             for i in 0..<c { amax = max(amax, abs(h.data[r * c + i])) }
             let s = max(amax, 1e-12) / 448
-            for i in 0..<c { out[r * c + i] = nearest(h.data[r * c + i] * (1 / s)) * s }
+            for i in 0..<c { out[r * c + i] = NumberFormats.e4m3ToFloat(e4m3Code(h.data[r * c + i] * (1 / s))) * s }
         }
         return HostTensor(shape: h.shape, data: out)
+    }
+
+    /// Values of the non-negative e4m3 codes 0...126 (ascending; 127 is NaN).
+    static let e4m3Values: [Float] = (0..<127).map { NumberFormats.e4m3ToFloat(UInt8($0)) }
+
+    /// The nearest e4m3 code, saturating at ±448, ties to the even code (a binary search of `e4m3Values`).
+    static func e4m3Code(_ v: Float) -> UInt8 {
+        let values = e4m3Values
+        let m = min(abs(v), 448)
+        var lo = 0, hi = values.count - 1
+        while hi - lo > 1 { let mid = (lo + hi) / 2; if values[mid] <= m { lo = mid } else { hi = mid } }
+        let (below, above) = (m - values[lo], values[hi] - m)
+        let code = below < above || (below == above && lo & 1 == 0) ? lo : hi
+        return UInt8(code) | (v.sign == .minus ? 0x80 : 0)
+    }
+
+    /// `h` quantized per tensor on the host (descale = amax / 448) as an FP8 tensor whose row scales all hold the
+    /// descale, with the values its codes stand for.
+    func upFP8(_ h: HostTensor) -> (device: CUDATensor, values: HostTensor) {
+        let descale = max(h.data.reduce(0) { max($0, abs($1)) }, 1e-12) / 448
+        let codes = h.data.map { GPUSelftest.e4m3Code($0 / descale) }
+        let scales = [Float](repeating: descale, count: h.count / h.shape.last!)
+        let t = gpu.attempt {
+            let t = try gpu.empty(h.shape, .fp8)
+            try codes.withUnsafeBytes { try DeviceCopy.upload($0.baseAddress!, to: t.pointer, bytes: $0.count, stream: gpu.stream) }
+            try scales.withUnsafeBytes { try DeviceCopy.upload($0.baseAddress!, to: t.scales!.pointer, bytes: $0.count, stream: gpu.stream) }
+            try gpu.synchronize()
+            return t
+        }
+        return (t, HostTensor(shape: h.shape, data: codes.map { NumberFormats.e4m3ToFloat($0) * descale }))
     }
 
     func ropeTable(length: Int, dim: Int) -> RotaryTable<HostTensor> {
@@ -391,9 +408,7 @@ public final class GPUSelftest {
             record("attention\(c.mask ? " masked" : "")", [c.b, c.lq, c.lk, c.heads, c.d], time: time) {
                 let o = down(gpu.attention(q: gq, k: gk, v: gv, heads: c.heads, scale: nil, keyMask: gm))
                 if pick.count == c.lq { return (o, cpu.attention(q: q, k: k, v: v, heads: c.heads, scale: nil, keyMask: mask)) }
-                let qr = GPUSelftest.pickRows(q.reshaped([c.lq, c.heads * c.d]), pick).reshaped([1, pick.count, c.heads * c.d])
-                let ref = cpu.attention(q: qr, k: k, v: v, heads: c.heads, scale: nil, keyMask: mask)
-                return (GPUSelftest.pickRows(o.reshaped([c.lq, c.heads * c.d]), pick), ref.reshaped([pick.count, c.heads * c.d]))
+                return attentionRows(o, q: q, k: k, v: v, heads: c.heads, keyMask: mask, pick: pick)
             }
             rows[rows.count - 1].note = gpu.lastAttentionPath
         }
@@ -435,12 +450,49 @@ public final class GPUSelftest {
         let (gq, gk, gv) = (up(q), up(k), up(v))
         let pick = spread(48, of: l)
         record("attention\(tag) FLUX", [1, l, l, heads, 128], time: { _ = self.gpu.attention(q: gq, k: gk, v: gv, heads: heads, scale: nil, keyMask: nil) }) {
-            let o = down(gpu.attention(q: gq, k: gk, v: gv, heads: heads, scale: nil, keyMask: nil))
-            let qr = GPUSelftest.pickRows(q.reshaped([l, heads * 128]), pick).reshaped([1, pick.count, heads * 128])
-            let ref = cpu.attention(q: qr, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
-            return (GPUSelftest.pickRows(o.reshaped([l, heads * 128]), pick), ref.reshaped([pick.count, heads * 128]))
+            return attentionRows(down(gpu.attention(q: gq, k: gk, v: gv, heads: heads, scale: nil, keyMask: nil)), q: q, k: k, v: v,
+                                 heads: heads, pick: pick)
         }
         rows[rows.count - 1].note = gpu.lastAttentionPath
+    }
+
+    /// Query rows `pick` of a batch-1 attention output, and the CPU's attention for just those queries.
+    func attentionRows(_ o: HostTensor, q: HostTensor, k: HostTensor, v: HostTensor, heads: Int, keyMask: HostTensor? = nil,
+                       pick: [Int]) -> (device: HostTensor, reference: HostTensor) {
+        let (l, width) = (q.shape[1], q.shape[2])
+        let qr = GPUSelftest.pickRows(q.reshaped([l, width]), pick).reshaped([1, pick.count, width])
+        let ref = cpu.attention(q: qr, k: k, v: v, heads: heads, scale: nil, keyMask: keyMask)
+        return (GPUSelftest.pickRows(o.reshaped([l, width]), pick), ref.reshaped([pick.count, width]))
+    }
+
+    /// cuDNN's FP8 attention against the CPU on the dequantized inputs (per-tensor e4m3): P is rounded to e4m3 inside
+    /// and O on the way out, hence the looser tolerance. An FP8 shape cuDNN has no engine for fails with its reason.
+    func attentionFP8() {
+        for (l, heads) in [(256, 2), (4608, 24)] {
+            let shape = [1, l, heads * 128]
+            let (q, k, v) = (upFP8(rng.tensor(shape)), upFP8(rng.tensor(shape)), upFP8(rng.tensor(shape)))
+            let run = { try self.gpu.attentionFP8(q: q.device, k: k.device, v: v.device, heads: heads, scale: nil) }
+            record("attention fp8", [1, l, l, heads, 128], precision: "fp8", tolerance: 5e-2, note: "cudnn, vs dequantized inputs",
+                   time: l == 4608 ? { _ = try? run() } : nil) {
+                attentionRows(down(try run()), q: q.values, k: k.values, v: v.values, heads: heads,
+                              pick: l == 4608 ? spread(48, of: l) : Array(0..<l))
+            }
+        }
+        // Replayed from a CUDA graph after V's codes and descale change in the captured buffers: the same as an eager
+        // run on the new V (every scale is read and derived on the device).
+        record("attention fp8 graph replay", [1, 256, 256, 2, 128], precision: "fp8", note: "vs eager, new V") {
+            let shape = [1, 256, 256]
+            let q = upFP8(rng.tensor(shape)).device, k = upFP8(rng.tensor(shape)).device
+            let v = upFP8(rng.tensor(shape)).device, next = upFP8(rng.tensor(shape, scale: 3)).device
+            _ = try gpu.attentionFP8(q: q, k: k, v: v, heads: 2, scale: nil)  // plan and kernels ready, pool warm
+            try gpu.synchronize()
+            var captured: CUDATensor?
+            let graph = try CUDAGraph(capturing: gpu.stream) { captured = try gpu.attentionFP8(q: q, k: k, v: v, heads: 2, scale: nil) }
+            try DeviceCopy.copy(next.pointer, to: v.pointer, bytes: v.bytes, stream: gpu.stream)
+            try DeviceCopy.copy(next.scales!.pointer, to: v.scales!.pointer, bytes: 256 * 4, stream: gpu.stream)
+            try graph.launch(on: gpu.stream)
+            return (down(captured!), down(try gpu.attentionFP8(q: q, k: k, v: next, heads: 2, scale: nil)))
+        }
     }
 
     func images() {
@@ -600,24 +652,38 @@ public final class GPUSelftest {
             }
         }
         gpu.convolutionKernel = savedConv
-        say("attention benchmark (BF16, head 128, non-causal):")
+        say("attention benchmark (head 128, non-causal; BF16 on cuDNN and Kiln's kernel, FP8 e4m3 on cuDNN):")
         let savedKernel = gpu.attentionKernel
         defer { gpu.attentionKernel = savedKernel }
-        for kernel in [CUDABackend.AttentionKernel.cudnn, .own] {
-        gpu.attentionKernel = kernel
-        for (l, heads) in [(4608, 24), (4096, 24), (16384, 24)] {
-          do {
-            let q = try gpu.upload(rng.tensor([1, l, heads * 128])), k = try gpu.upload(rng.tensor([1, l, heads * 128])), v = try gpu.upload(rng.tensor([1, l, heads * 128]))
-            usleep(200_000)
-            let ms = try measure({ _ = self.gpu.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil) }, warmup: 5, repeats: 20, batches: 5)
-            let a = AttentionBench(kernel: kernel.rawValue, batch: 1, heads: heads, length: l, dim: 128, milliseconds: ms)
-            attentions.append(a)
-            say("  \(kernel.rawValue.padding(6)) 1x\(heads)x\(l)x128  \(format(ms, 4)) ms  \(format(a.tflops, 0)) TFLOP/s")
-          } catch { say("  FAIL attention \(kernel.rawValue) \(l): \(error)") }
+        for (name, kernel) in [("cudnn", CUDABackend.AttentionKernel.cudnn), ("own", .own), ("cudnn-fp8", nil)] {
+            for (l, heads) in [(4608, 24), (4096, 24), (16384, 24)] {
+              do {
+                let shape = [1, l, heads * 128]
+                let run: () throws -> Void
+                if let kernel {
+                    gpu.attentionKernel = kernel
+                    let q = try gpu.upload(rng.tensor(shape)), k = try gpu.upload(rng.tensor(shape)), v = try gpu.upload(rng.tensor(shape))
+                    run = { _ = self.gpu.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil) }
+                } else {
+                    let q = upFP8(rng.tensor(shape)).device, k = upFP8(rng.tensor(shape)).device, v = upFP8(rng.tensor(shape)).device
+                    run = { _ = try self.gpu.attentionFP8(q: q, k: k, v: v, heads: heads, scale: nil) }
+                }
+                try run()  // an FP8 shape cuDNN has no engine for fails here, with the reason
+                usleep(200_000)
+                let ms = try measure({ _ = try? run() }, warmup: 5, repeats: 20, batches: 5)
+                let a = AttentionBench(kernel: name, batch: 1, heads: heads, length: l, dim: 128, milliseconds: ms)
+                attentions.append(a)
+                say("  \(name.padding(9)) 1x\(heads)x\(l)x128  \(format(ms, 4)) ms  \(format(a.tflops, 0)) TFLOP/s")
+              } catch { say("  FAIL attention \(name) \(l): \(error)") }
+            }
         }
-        }
-        if let dnn = gpu.cudnn(), let plan = dnn.plan(batch: 1, heads: 24, queries: 4608, keys: 4608, dim: 128) {
-            say("cuDNN \(dnn.versionText) engine for 1x24x4608x128 (\(plan.configCount) configs, workspace \(plan.workspaceBytes) B): \(plan.engine.prefix(300))")
+        if let dnn = gpu.cudnn() {
+            let plans = [("BF16", dnn.plan(batch: 1, heads: 24, queries: 4608, keys: 4608, dim: 128)),
+                         ("FP8", dnn.fp8AttentionPlan(batch: 1, heads: 24, queries: 4608, keys: 4608, dim: 128))]
+            for case let (precision, plan?) in plans {
+                say("cuDNN \(dnn.versionText) \(precision) engine for 1x24x4608x128 (\(plan.configCount) configs, "
+                    + "workspace \(plan.workspaceBytes) B): \(plan.engine.prefix(300))")
+            }
         } else if let e = gpu.cudnnError { say("cuDNN: \(e)") }
     }
 

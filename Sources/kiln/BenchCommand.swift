@@ -108,7 +108,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("device", .string(backend.name)),
             ("model", .string(prepared.description)),
             ("variant", .string(config.variant)),
-            ("precision", .string(arguments.precision)),
+            ("precision", .string((backend as? CUDABackend).map { "\($0.linearPrecision.rawValue) linears, \($0.attentionPrecision.rawValue) attention" } ?? "fp32")),
             ("width", .number(Double(prepared.options.width))),
             ("height", .number(Double(prepared.options.height))),
             ("batch", .number(Double(prepared.options.batch))),

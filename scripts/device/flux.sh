@@ -20,13 +20,13 @@ export PYTHONPATH=/tmp/site
 part tiny && for case in "tiny-flux-dev pipeline_dev_96x160 96 160 4" "tiny-flux-schnell pipeline_schnell_128x128 128 128 2"; do
   set -- $case
   ref=fixtures/reference/$2.safetensors
-  $BIN generate --device cuda --model fixtures/$1 --latents $ref --prompt-embeds $ref --height $3 --width $4 --steps $5 \
+  $BIN generate --device cuda --precision bf16 --model fixtures/$1 --latents $ref --prompt-embeds $ref --height $3 --width $4 --steps $5 \
     --save-latents "$OUT/$2-cuda.safetensors" --out "$OUT/$2-cuda.png" 2>&1 | grep -v '^denoising' | tail -2
   python3 scripts/device/compare.py "$OUT/$2-cuda.safetensors:latents" "$ref:final_latents" "CUDA $1 $2 final latents"
 done
 if part tiny; then
 ref=fixtures/reference/pipeline_prompt_a.safetensors
-$BIN generate --device cuda --model fixtures/tiny-flux-dev-text --prompt "a red kiln at dusk, 35mm photo" --latents $ref \
+$BIN generate --device cuda --precision bf16 --model fixtures/tiny-flux-dev-text --prompt "a red kiln at dusk, 35mm photo" --latents $ref \
   --height 128 --width 128 --steps 3 --save-latents "$OUT/prompt-cuda.safetensors" --save-prompt-embeds "$OUT/prompt-embeds-cuda.safetensors" \
   --out "$OUT/prompt-cuda.png" 2>&1 | grep -v '^denoising' | tail -2
 python3 scripts/device/compare.py "$OUT/prompt-embeds-cuda.safetensors:prompt_embeds" "$ref:prompt_embeds" "CUDA T5 embeddings"
@@ -39,7 +39,7 @@ part bf16 && for variant in dev schnell; do
   for size in $SIZES; do
     [ $variant = schnell ] && [ $size != 1024x1024 ] && continue
     echo "== kiln bench $variant $size, $steps steps"
-    $BIN bench --random-weights $variant --device cuda --width ${size#*x} --height ${size%x*} --steps $steps --runs 3 \
+    $BIN bench --random-weights $variant --device cuda --precision bf16 --width ${size#*x} --height ${size%x*} --steps $steps --runs 3 \
       --json "$OUT/kiln-$variant-$size.json" 2>&1 | grep -v '^denoising' | tail -3
   done
 done
@@ -64,7 +64,7 @@ part fp8 && for variant in ${KILN_FP8_VARIANTS-dev schnell}; do
     --json "$OUT/kiln-$variant-fp8-1024x1024.json" 2>&1 | grep -v '^denoising' | tail -3
 done
 # Batch 2 (its images equal single runs with seed + index: a CPU test checks that); outside the ratio table.
-part batch && echo "== kiln bench dev 512x512 batch 2" && $BIN bench --random-weights dev --device cuda --width 512 --height 512 --steps 4 --batch 2 --runs 2 \
+part batch && echo "== kiln bench dev 512x512 batch 2" && $BIN bench --random-weights dev --device cuda --precision bf16 --width 512 --height 512 --steps 4 --batch 2 --runs 2 \
   --json "$OUT/batch2-dev-512x512.json" 2>&1 | grep -v '^denoising' | tail -3
 echo "== diffusers eager BF16"
 PYTHONUNBUFFERED=1 python3 scripts/device/flux_torch.py --json "$OUT/torch-flux.json" --sizes "$(echo $SIZES | tr ' ' ',')"

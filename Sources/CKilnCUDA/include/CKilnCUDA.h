@@ -233,8 +233,8 @@ int kc_search_folders(char *buffer, size_t size);
 
 // MARK: cuDNN fused attention (sdpa.c)
 
-/// A finalized cuDNN execution plan for BF16 scaled-dot-product attention (unified SDPA_FWD operation) over
-/// tensors laid out [B, L, H, D] (the op interface's [B, L, H*D]).
+/// A finalized cuDNN execution plan: scaled-dot-product attention (BF16 or FP8) over tensors laid out [B, L, H, D]
+/// (the op interface's [B, L, H*D]), or a convolution.
 typedef struct kc_sdpa_plan kc_sdpa_plan;
 
 /// Builds the plan (`config`: which of the heuristic's executable engine configs, 0 = first). Returns 0 or a cuDNN
@@ -248,6 +248,21 @@ int kc_sdpa_execute(cudnnHandle_t handle, const kc_sdpa_plan *plan, CUdeviceptr 
                     CUdeviceptr o, float scale, CUdeviceptr workspace, char *message, size_t messageSize);
 
 void kc_sdpa_destroy(kc_sdpa_plan *plan);
+
+/// A plan for FP8 (e4m3) attention on Hopper, inference (no mask, dropout or statistics): Q, K, V and O e4m3 with
+/// per-tensor fp32 scales in device memory, fp32 math, the probabilities quantized to e4m3 for the second matmul. Same
+/// arguments and results as kc_sdpa_create.
+int kc_sdpa_fp8_create(cudnnHandle_t handle, int64_t batch, int64_t heads, int64_t queries, int64_t keys, int64_t dim,
+                       int config, kc_sdpa_plan **plan, int64_t *workspaceBytes, int *configCount,
+                       char *info, size_t infoSize, char *message, size_t messageSize);
+
+/// Enqueues FP8 attention on the handle's stream: every scale a device fp32 scalar (real value = code x descale;
+/// O's codes = value x scaleO, P's = probability x scaleS), amaxS and amaxO receive max |P| and max |O| (unscaled),
+/// `attnScale` multiplies the scores by value. No host synchronization: usable under stream capture.
+int kc_sdpa_fp8_execute(cudnnHandle_t handle, const kc_sdpa_plan *plan, CUdeviceptr q, CUdeviceptr k, CUdeviceptr v,
+                        CUdeviceptr o, CUdeviceptr descaleQ, CUdeviceptr descaleK, CUdeviceptr descaleV, CUdeviceptr descaleS,
+                        CUdeviceptr scaleS, CUdeviceptr scaleO, CUdeviceptr amaxS, CUdeviceptr amaxO, float attnScale,
+                        CUdeviceptr workspace, char *message, size_t messageSize);
 
 /// A cuDNN plan for a BF16 2-D convolution over NHWC input, KRSC filter ([O, kh, kw, I]), NHWC output, with the
 /// per-channel bias [K] and a residual (NHWC like the output) optionally added in the same kernel, in fp32

@@ -118,6 +118,20 @@ extern "C" __global__ void gate_scales(float *scales, bf16 *gatedBias, const bf1
     if (bias) gatedBias[i] = f2bf(g * bf2f(bias[i]));
 }
 
+/// FP8 attention's derived scales, computed on the device so a captured graph follows V's descale: the output descale
+/// is descale_v * 1.125 (softmax rows sum to ~1, so |O| <= max |V|, and the margin covers P's e4m3 rounding), written to
+/// all `rows` output row scales; scalars get scale_o = 1 / descale_o at [0], descale_s = 1/448 at [4] and scale_s = 448
+/// at [8] (P in e4m3's full range), 16 bytes apart as cuDNN's tensors are aligned.
+extern "C" __global__ void fp8_attention_scales(float *scalars, float *rowScales, const float *descaleV, u64 rows) {
+    const float descaleO = descaleV[0] * 1.125f;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < rows; i += (u64)gridDim.x * blockDim.x) rowScales[i] = descaleO;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        scalars[0] = 1.f / descaleO;
+        scalars[4] = 1.f / 448.f;
+        scalars[8] = 448.f;
+    }
+}
+
 /// Copies `rows` rows of `cols` elements between strided 2-D regions (concat, slice).
 extern "C" __global__ void copy_rows_bf16(bf16 *dst, u64 dstStride, const bf16 *src, u64 srcStride, u64 rows, u64 cols) {
     const u64 n = rows * cols;

@@ -202,6 +202,26 @@ extern "C" __global__ void quantize_rows_fp8(fp8e4m3 *out, float *rowScale, cons
         *(unsigned short *)(o + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
 }
 
+/// Per-tensor FP8 quantization of a bf16 tensor whose absolute maximum is already known (amax[0], e.g. gathered by
+/// the kernel that made it): e4m3 codes of x · 448 / amax, and descale[0] = amax / 448.
+extern "C" __global__ void quantize_tensor_fp8(fp8e4m3 *out, float *descale, const bf16 *x, const float *amax, u64 n) {
+    const float a = fmaxf(amax[0], 1e-12f);
+    const float r = 448.f / a;
+    if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = a / 448.f;
+    const bool vec = aligned16(x) && ((u64)out & 7) == 0;
+    FOR_CHUNKS(i, n) {
+        float v[8];
+        load8(x, i, n, vec, v);
+        if (vec && i + KILN_CHUNK <= n) {
+            const unsigned lo = pack_e4m3x2(v[0] * r, v[1] * r) | ((unsigned)pack_e4m3x2(v[2] * r, v[3] * r) << 16);
+            const unsigned hi = pack_e4m3x2(v[4] * r, v[5] * r) | ((unsigned)pack_e4m3x2(v[6] * r, v[7] * r) << 16);
+            *reinterpret_cast<uint2 *>(out + i) = make_uint2(lo, hi);
+        } else {
+            for (int k = 0; k < KILN_CHUNK && i + k < n; k++) out[i + k] = (fp8e4m3)(pack_e4m3x2(v[k] * r, 0.f) & 0xff);
+        }
+    }
+}
+
 /// The inverse, for GEMM shapes cuBLASLt runs only in BF16: out[r, c] = codes[r, c] · scale[r] (C even).
 extern "C" __global__ void dequantize_rows_fp8(bf16 *out, const fp8e4m3 *codes, const float *rowScale, u64 rows, int channels) {
     const u64 pairs = rows * (u64)channels / 2;

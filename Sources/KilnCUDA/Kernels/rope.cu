@@ -40,9 +40,8 @@ extern "C" __global__ void norm_rope_bf16(bf16 *out, const bf16 *x, const bf16 *
 }
 
 /// RMS norm times weight (skipped when `weight` is null), rounded to bf16 as the unfused ops store it, then the
-/// rotation of the two pairs a lane holds (cos/sin null: none).
-__device__ __forceinline__ uint2 norm_rotate4(uint2 raw, const bf16 *weight, uint2 cs, uint2 sn, bool rotate, int lane, float eps) {
-    float x[4] = {bf_lo(raw.x), bf_hi(raw.x), bf_lo(raw.y), bf_hi(raw.y)};
+/// rotation of the two pairs a lane holds of a 128-wide head (`rotate` false: none), in place.
+__device__ __forceinline__ void norm_rotate4(float x[4], const bf16 *weight, uint2 cs, uint2 sn, bool rotate, int lane, float eps) {
     if (weight) {
         const float inv = rsqrtf(warp_sum(x[0] * x[0] + x[1] * x[1] + x[2] * x[2] + x[3] * x[3]) / 128.f + eps);
         const uint2 w = *reinterpret_cast<const uint2 *>(weight + 4 * lane);
@@ -53,38 +52,98 @@ __device__ __forceinline__ uint2 norm_rotate4(uint2 raw, const bf16 *weight, uin
     if (rotate) {
         const float c[4] = {bf_lo(cs.x), bf_hi(cs.x), bf_lo(cs.y), bf_hi(cs.y)};
         const float s[4] = {bf_lo(sn.x), bf_hi(sn.x), bf_lo(sn.y), bf_hi(sn.y)};
-        return make_uint2(pack_bf16x2(x[0] * c[0] - x[1] * s[0], x[1] * c[1] + x[0] * s[1]),
-                          pack_bf16x2(x[2] * c[2] - x[3] * s[2], x[3] * c[3] + x[2] * s[3]));
+        const float a = x[0] * c[0] - x[1] * s[0], b = x[1] * c[1] + x[0] * s[1];
+        const float d = x[2] * c[2] - x[3] * s[2], e = x[3] * c[3] + x[2] * s[3];
+        x[0] = a; x[1] = b; x[2] = d; x[3] = e;
     }
-    return make_uint2(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]));
 }
 
-/// Joint attention inputs of one stream with 128-wide heads, in one pass: one warp per (token, head) reads that head's
-/// Q, K and V from the fused projection qkv [B, L, 3·H·128] (8 bytes per lane), norms and rotates Q and K, and writes all
-/// three into tokens outOffset ..< outOffset + L of each batch item's outLength joint tokens. 32-bit index
-/// arithmetic only (rows < 2^32).
+__device__ __forceinline__ void unpack4(uint2 r, float x[4]) { x[0] = bf_lo(r.x); x[1] = bf_hi(r.x); x[2] = bf_lo(r.y); x[3] = bf_hi(r.y); }
+__device__ __forceinline__ uint2 pack4_bf16(const float x[4]) { return make_uint2(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3])); }
+__device__ __forceinline__ unsigned pack4_e4m3(const float x[4], float r) {
+    return pack_e4m3x2(x[0] * r, x[1] * r) | ((unsigned)pack_e4m3x2(x[2] * r, x[3] * r) << 16);
+}
+
+/// Joint attention inputs of one stream with 128-wide heads, in one pass: a warp per (token, head) reads that head's
+/// Q, K and V from the fused projection qkv [B, L, 3·H·128] (8 bytes per lane), norms and rotates Q and K, and writes
+/// all three into tokens outOffset ..< outOffset + L of each batch item's outLength joint tokens. With FP8 the warps
+/// loop over rows (few blocks, so few atomics): Q and K are written as e4m3 with the descales in slots[0], slots[1];
+/// V stays BF16 and its absolute maximum goes into slots[2] (as float bits) for a per-tensor quantization after.
+template <bool FP8>
+__device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
+                                                 const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
+                                                 unsigned rows, int length, int heads, int outLength, int outOffset, float *slots) {
+    const int lane = threadIdx.x & 31;
+    const u64 width = (u64)heads * 128;
+    const bool rotate = cosTable != nullptr;
+    float rq = 1.f, rk = 1.f, amax = 0.f;
+    if (FP8) { rq = 1.f / slots[0]; rk = 1.f / slots[1]; }
+    const unsigned warps = gridDim.x * (blockDim.x >> 5);
+    for (unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += FP8 ? warps : rows) {
+        const unsigned token = row / heads;
+        const int h = (int)(row - token * heads);
+        const unsigned b = token / length;
+        const int l = (int)(token - b * length);
+        const bf16 *src = qkv + token * 3 * width + h * 128 + 4 * lane;
+        const u64 dst = ((u64)(b * outLength + outOffset + l) * heads + h) * 128 + 4 * lane;
+        float xq[4], xk[4], xv[4];
+        unpack4(*reinterpret_cast<const uint2 *>(src), xq);
+        unpack4(*reinterpret_cast<const uint2 *>(src + width), xk);
+        const uint2 rv = *reinterpret_cast<const uint2 *>(src + 2 * width);
+        *reinterpret_cast<uint2 *>(v + dst) = rv;
+        uint2 cs = make_uint2(0, 0), sn = make_uint2(0, 0);
+        if (rotate) {
+            cs = *reinterpret_cast<const uint2 *>(cosTable + (u64)l * 128 + 4 * lane);
+            sn = *reinterpret_cast<const uint2 *>(sinTable + (u64)l * 128 + 4 * lane);
+        }
+        norm_rotate4(xq, qWeight, cs, sn, rotate, lane, eps);
+        norm_rotate4(xk, kWeight, cs, sn, rotate, lane, eps);
+        if (FP8) {
+            *reinterpret_cast<unsigned *>((fp8e4m3 *)q + dst) = pack4_e4m3(xq, rq);
+            *reinterpret_cast<unsigned *>((fp8e4m3 *)k + dst) = pack4_e4m3(xk, rk);
+            unpack4(rv, xv);
+            amax = fmaxf(amax, fmaxf(fmaxf(fabsf(xv[0]), fabsf(xv[1])), fmaxf(fabsf(xv[2]), fabsf(xv[3]))));
+        } else {
+            *reinterpret_cast<uint2 *>((bf16 *)q + dst) = pack4_bf16(xq);
+            *reinterpret_cast<uint2 *>((bf16 *)k + dst) = pack4_bf16(xk);
+        }
+    }
+    if (FP8) {
+        __shared__ float scratch[32];
+        amax = block_max(amax, scratch);
+        // Non-negative floats order as their bit patterns do.
+        if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned *>(slots + 2), __float_as_uint(amax));
+    }
+}
+
 extern "C" __global__ void attention_inputs_d128(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
                                                  const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
                                                  unsigned rows, int length, int heads, int outLength, int outOffset) {
-    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const int lane = threadIdx.x & 31;
-    const unsigned token = row / heads;
-    const int h = (int)(row - token * heads);
-    const unsigned b = token / length;
-    const int l = (int)(token - b * length);
-    const u64 width = (u64)heads * 128;
-    const bf16 *src = qkv + token * 3 * width + h * 128 + 4 * lane;
-    const u64 dst = ((u64)(b * outLength + outOffset + l) * heads + h) * 128 + 4 * lane;
-    const uint2 rq = *reinterpret_cast<const uint2 *>(src);
-    const uint2 rk = *reinterpret_cast<const uint2 *>(src + width);
-    *reinterpret_cast<uint2 *>(v + dst) = *reinterpret_cast<const uint2 *>(src + 2 * width);
-    const bool rotate = cosTable != nullptr;
-    uint2 cs = make_uint2(0, 0), sn = make_uint2(0, 0);
-    if (rotate) {
-        cs = *reinterpret_cast<const uint2 *>(cosTable + (u64)l * 128 + 4 * lane);
-        sn = *reinterpret_cast<const uint2 *>(sinTable + (u64)l * 128 + 4 * lane);
+    attention_inputs<false>(q, k, v, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, nullptr);
+}
+
+extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
+                                                     const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
+                                                     unsigned rows, int length, int heads, int outLength, int outOffset, float *slots) {
+    attention_inputs<true>(q, k, v, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, slots);
+}
+
+/// Per-tensor FP8 descales of the joint Q and K from their norm weights (up to two streams; null for none), before
+/// any token is seen: an RMS-normed head has every |x_i| <= sqrt(D), so |q_i| <= sqrt(D) max|w| (the rotation keeps
+/// pair norms; 2% margin for bf16 rounding of the weights' products and the tables). slots: [descale Q, descale K,
+/// amax V (zeroed here), descale V]. One block of 128 threads.
+extern "C" __global__ void attention_input_scales(float *slots, const bf16 *qWeight0, const bf16 *kWeight0,
+                                                  const bf16 *qWeight1, const bf16 *kWeight1) {
+    __shared__ float scratch[32];
+    const int c = threadIdx.x;
+    float mq = fabsf(bf2f(qWeight0[c])), mk = fabsf(bf2f(kWeight0[c]));
+    if (qWeight1) { mq = fmaxf(mq, fabsf(bf2f(qWeight1[c]))); mk = fmaxf(mk, fabsf(bf2f(kWeight1[c]))); }
+    mq = block_max(mq, scratch);
+    mk = block_max(mk, scratch);
+    const float bound = 1.02f * sqrtf(128.f) / 448.f;
+    if (c == 0) {
+        slots[0] = fmaxf(mq, 1e-12f) * bound;
+        slots[1] = fmaxf(mk, 1e-12f) * bound;
+        slots[2] = 0.f;
     }
-    *reinterpret_cast<uint2 *>(q + dst) = norm_rotate4(rq, qWeight, cs, sn, rotate, lane, eps);
-    *reinterpret_cast<uint2 *>(k + dst) = norm_rotate4(rk, kWeight, cs, sn, rotate, lane, eps);
 }
