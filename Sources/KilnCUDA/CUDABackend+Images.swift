@@ -36,14 +36,17 @@ extension CUDABackend {
                 return try convolutionPaddingChannels(x, weight: weight, bias: bias, stride: stride, padding: padding)
             }
             if convolutionKernel != .gemm, let dnn = cudnn() {
-                func plan(bias: Bool, residual: Bool) -> CuDNN.Plan? {
+                var y = try empty([batch, outH, outW, outC])
+                func plan(bias b: Bool, residual r: Bool) -> CuDNN.Plan? {
                     dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
                                         stride: stride, padding: (padding.top, padding.left, padding.bottom, padding.right),
-                                        outHeight: outH, outWidth: outW, bias: bias, residual: residual)
+                                        outHeight: outH, outWidth: outW, bias: b, residual: r, tune: autotune ? { plans in
+                        try self.fastestConvolution(plans, x: x.pointer, w: weight.pointer, y: y.pointer, bias: b ? self.nullable(bias) : 0,
+                                                    residual: r ? self.nullable(residual) : 0)
+                    } : nil)
                 }
                 let fused = plan(bias: bias != nil, residual: residual != nil)
                 if let chosen = fused ?? plan(bias: false, residual: false) {
-                    var y = try empty([batch, outH, outW, outC])
                     let workspace = chosen.workspaceBytes > 0 ? try pool.allocate(chosen.workspaceBytes) : nil
                     try profiled("cudnn conv \(kh)x\(kw) \(height)x\(width)x\(inC)->\(outC)\(fused != nil && residual != nil ? " +res" : "")") {
                         try dnn.runConvolution(chosen, x: x.pointer, w: weight.pointer, y: y.pointer, bias: nullable(bias),
@@ -78,6 +81,36 @@ extension CUDABackend {
             let y = reshape(try gemm(flat, weight: w2, bias: bias, epilogue: bias == nil ? .none : .bias), [batch, outH, outW, outC])
             return residual.map { add($0, y) } ?? y
         }
+    }
+
+    /// The index of the fastest of `plans` (engine configs of one convolution) on the real operands: each run once,
+    /// then timed with events over two rounds of opposite order (median of 3 calls per round, the smaller round kept).
+    func fastestConvolution(_ plans: [CuDNN.Plan], x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr, bias: CUdeviceptr,
+                            residual: CUdeviceptr) throws -> Int {
+        guard let dnn = cudnn() else { return 0 }
+        let workspace = try pool.allocate(max(1, plans.map(\.workspaceBytes).max() ?? 1))
+        func run(_ p: CuDNN.Plan) throws {
+            try dnn.runConvolution(p, x: x, w: w, y: y, bias: bias, residual: residual, workspace: workspace.pointer)
+        }
+        var usable = plans.indices.filter { (try? run(plans[$0])) != nil && (try? stream.synchronize()) != nil }
+        guard usable.count > 1 else { return usable.first ?? 0 }
+        var best = [Int: Double]()
+        let start = try CUDAEvent(), end = try CUDAEvent()
+        for round in 0..<2 {
+            for i in round == 0 ? usable : usable.reversed() {
+                var times: [Double] = []
+                for _ in 0..<3 {
+                    try start.record(stream)
+                    try run(plans[i])
+                    try end.record(stream)
+                    try end.synchronize()
+                    times.append(Double(try end.milliseconds(since: start)))
+                }
+                best[i] = min(best[i] ?? .infinity, median(times))
+            }
+        }
+        usable.sort { best[$0]! < best[$1]! }
+        return usable[0]
     }
 
     /// A convolution whose output channels are not a multiple of 8 (the VAE's last, 128 → 3): cuDNN's engines for

@@ -269,7 +269,10 @@ extension CUDABackend {
     public func cudnn() -> CuDNN? {
         if let state = cudnnState { return state.library }
         do {
-            cudnnState = (try CuDNN(stream: stream), nil)
+            let dnn = try CuDNN(stream: stream)
+            dnn.convolutionChoices = ConvolutionChoices(path: ConvolutionChoices.defaultPath(gpuTag: device.cacheTag, cudnnVersion: dnn.version),
+                                                        gpu: device.name, cudnnVersion: dnn.version)
+            cudnnState = (dnn, nil)
         } catch {
             cudnnState = (nil, "\(error)")
         }

@@ -106,25 +106,53 @@ public final class CuDNN: @unchecked Sendable {
         return (Plan(raw: raw, workspaceBytes: Int(workspace), configCount: Int(count), engine: String(cString: info)), nil)
     }
 
-    struct ConvShape: Hashable { var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int; var bias, residual: Bool }
+    struct ConvShape: Hashable, CustomStringConvertible {
+        var n, c, h, w, k, r, s, stride, top, left, bottom, right: Int
+        var bias, residual: Bool
+        var description: String {
+            "\(n)x\(h)x\(w)x\(c)->\(k) \(r)x\(s)/\(stride) pad \(top),\(left),\(bottom),\(right)\(bias ? " bias" : "")\(residual ? " residual" : "")"
+        }
+    }
     private var convolution = PlanCache<ConvShape>()
+    /// Which engine config each convolution shape runs (an index into cuDNN's heuristic list), kept on disk.
+    public var convolutionChoices: ConvolutionChoices?
+    /// How many of the heuristic's engine configs a first use times.
+    public var convolutionCandidates = 6
 
     /// The plan for an NHWC convolution, its bias and a residual added in the same kernel where asked, or nil (reason in
-    /// `convolutionFailures`) when cuDNN has no engine for it.
+    /// `convolutionFailures`) when cuDNN has no engine for it. A shape seen for the first time runs the config its disk
+    /// cache names, else `tune` picks one of the heuristic's first configs (given their plans, it returns an index:
+    /// the caller times them on its real operands), else the heuristic's first.
     public func convolutionPlan(batch: Int, channels: Int, height: Int, width: Int, outChannels: Int, kh: Int, kw: Int,
                                 stride: Int, padding: (top: Int, left: Int, bottom: Int, right: Int),
-                                outHeight: Int, outWidth: Int, bias: Bool, residual: Bool) -> Plan? {
+                                outHeight: Int, outWidth: Int, bias: Bool, residual: Bool,
+                                tune: (([Plan]) throws -> Int)? = nil) -> Plan? {
         let shape = ConvShape(n: batch, c: channels, h: height, w: width, k: outChannels, r: kh, s: kw, stride: stride,
                               top: padding.top, left: padding.left, bottom: padding.bottom, right: padding.right,
                               bias: bias, residual: residual)
-        return convolution.plan(shape) {
+        func build(_ config: Int) -> (plan: Plan?, failure: String?) {
             CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
                 kc_conv_create(handle, Int64(batch), Int64(channels), Int64(height), Int64(width), Int64(outChannels),
                                Int64(kh), Int64(kw), Int64(stride), Int64(padding.top), Int64(padding.left),
                                Int64(padding.bottom), Int64(padding.right), Int64(outHeight), Int64(outWidth),
-                               bias ? 1 : 0, residual ? 1 : 0, 0, raw,
+                               bias ? 1 : 0, residual ? 1 : 0, Int32(config), raw,
                                workspace, count, info, infoSize, message, messageSize)
             }
+        }
+        return convolution.plan(shape) {
+            if let chosen = convolutionChoices?[shape.description], case let built = build(chosen), built.plan != nil { return built }
+            let first = build(0)
+            guard let plan = first.plan, let tune, plan.configCount > 1 else { return first }
+            // Some engines compile at plan build (NVRTC), so candidates stop coming after a second of building.
+            let started = MonotonicClock.now()
+            var candidates = [(config: 0, plan: plan)]
+            for i in 1..<min(plan.configCount, convolutionCandidates) where MonotonicClock.now() - started < 1 {
+                if let p = build(i).plan { candidates.append((i, p)) }
+            }
+            guard let best = try? tune(candidates.map(\.plan)), candidates.indices.contains(best) else { return first }
+            convolutionChoices?[shape.description] = candidates[best].config
+            try? convolutionChoices?.save()
+            return (candidates[best].plan, nil)
         }
     }
 
@@ -159,5 +187,38 @@ public final class CuDNN: @unchecked Sendable {
         let status = kc_sdpa_fp8_execute(handle, plan.raw, q, k, v, out, descaleQ, descaleK, descaleV, descaleS, scaleS, scaleO,
                                          amaxS, amaxO, scale, workspace, &message, message.count)
         guard status == 0 else { throw CUDAError(call: "cuDNN FP8 SDPA", status: status, text: String(cString: message)) }
+    }
+}
+
+/// Convolution engine choices on disk, one JSON file per GPU and cuDNN version:
+/// `{"gpu": ..., "cudnn": ..., "choices": {"<shape>": <config index>, ...}}`.
+public final class ConvolutionChoices: @unchecked Sendable {
+    public let path: String
+    let gpu: String
+    let cudnnVersion: Int
+    private var entries: [String: Int] = [:]
+
+    public init(path: String, gpu: String, cudnnVersion: Int) {
+        (self.path, self.gpu, self.cudnnVersion) = (path, gpu, cudnnVersion)
+        guard let json = try? FileIO.readJSON(path), json["gpu"]?.string == gpu, json["cudnn"]?.int == cudnnVersion,
+              let choices = json["choices"]?.object else { return }
+        for (key, value) in choices { if let index = value.int { entries[key] = index } }
+    }
+
+    /// `<cache>/cudnn/<gpu tag>-cudnn<version>.json`.
+    public static func defaultPath(gpuTag: String, cudnnVersion: Int) -> String {
+        FileIO.join(CacheDirectory.root(), "cudnn/\(gpuTag)-cudnn\(cudnnVersion).json")
+    }
+
+    subscript(shape: String) -> Int? {
+        get { entries[shape] }
+        set { entries[shape] = newValue }
+    }
+
+    func save() throws {
+        let json = JSON.object([("gpu", .string(gpu)), ("cudnn", .number(Double(cudnnVersion))),
+                                ("choices", .object(entries.keys.sorted().map { ($0, .number(Double(entries[$0]!))) }))])
+        try CacheDirectory.makeDirectories(FileIO.directory(of: path))
+        try FileIO.write(Array(json.serialized.utf8), to: path)
     }
 }
