@@ -36,10 +36,10 @@ public final class PromptEncoder<B: Backend> {
     }
 
     /// The embeddings of `prompt` repeated for `batch` images; T5 runs over `maxLength` tokens.
-    public func embeddings(for prompt: String, maxLength: Int, batch: Int) throws -> PromptEmbeddings {
+    public func embeddings(for prompt: String, maxLength: Int, batch: Int, cached useCache: Bool = true) throws -> PromptEmbeddings {
         guard !prompt.isEmpty else { throw KilnError.invalidArgument("the prompt is empty") }
         guard (1...4096).contains(maxLength) else { throw KilnError.invalidArgument("max sequence length must be in 1...4096, got \(maxLength)") }
-        let one = try cached(prompt, maxLength) ?? encode(prompt, maxLength)
+        let one = try (useCache ? cached(prompt, maxLength) : nil) ?? encode(prompt, maxLength)
         return PromptEmbeddings(sequence: one.sequence.repeated(batch), pooled: one.pooled.repeated(batch))
     }
 

@@ -86,7 +86,9 @@ struct GenerationArguments: ParsableArguments {
 
     /// Loads the model and every input. Cheap checks come first (configs, input files, memory), then the text encoders
     /// (released before the transformer loads, so their memory never adds to its), then the weights.
-    func prepare<B: Backend>(on backend: B) throws -> PreparedGeneration<B> {
+    /// `timeWarmEncoding`: with text encoders, encode the prompt a second time, uncached, and time that (the figure of
+    /// a server that keeps its encoders loaded).
+    func prepare<B: Backend>(on backend: B, timeWarmEncoding: Bool = false) throws -> PreparedGeneration<B> {
         let options = try generationOptions()
         if promptEmbeds != nil && (prompt != nil || promptFile != nil || maxSequenceLength != nil) {
             throw KilnError.invalidArgument("--prompt-embeds replaces the prompt: drop --prompt, --prompt-file and --max-sequence-length")
@@ -111,6 +113,7 @@ struct GenerationArguments: ParsableArguments {
 
         let textStart = MonotonicClock.now()
         let embeddings: PromptEmbeddings
+        var warmSeconds: Double?
         if let promptEmbeds {
             embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
         } else if let random, textEncoders == nil {
@@ -124,11 +127,17 @@ struct GenerationArguments: ParsableArguments {
             }
             let encoder = try PromptEncoder(folder: folder, backend: backend,
                                             cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"))
-            embeddings = try encoder.embeddings(for: text, maxLength: maxSequenceLength ?? (config.guidanceEmbed ? 512 : 256), batch: batch)
+            let maxLength = maxSequenceLength ?? (config.guidanceEmbed ? 512 : 256)
+            embeddings = try encoder.embeddings(for: text, maxLength: maxLength, batch: batch)
+            if timeWarmEncoding {
+                let again = MonotonicClock.now()
+                _ = try encoder.embeddings(for: text, maxLength: maxLength, batch: batch, cached: false)
+                warmSeconds = MonotonicClock.now() - again
+            }
         }
         // The encoders are gone once encoding is done; their memory goes back before the transformer loads.
         try backend.releaseCachedMemory()
-        let textSeconds = MonotonicClock.now() - textStart
+        let textSeconds = MonotonicClock.now() - textStart - (warmSeconds ?? 0)
         guard embeddings.sequence.shape[2] == config.jointDim, embeddings.pooled.shape[1] == config.pooledDim else {
             throw KilnError.invalidArgument("prompt embeddings \(embeddings.sequence.shape) / \(embeddings.pooled.shape) do not fit the model (joint dim \(config.jointDim), pooled dim \(config.pooledDim))")
         }
@@ -144,7 +153,7 @@ struct GenerationArguments: ParsableArguments {
                 ?? "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
         }
         return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: givenNoise ?? pipeline.initialNoise(options),
-                                  description: description, textEncodingSeconds: textSeconds)
+                                  description: description, textEncodingSeconds: textSeconds, warmTextEncodingSeconds: warmSeconds)
     }
 
     /// The prompt from --prompt or --prompt-file, if any.
@@ -182,4 +191,6 @@ struct PreparedGeneration<B: Backend> {
     var description: String
     /// Time spent in the text encoders (0 when embeddings were given or cached).
     var textEncodingSeconds: Double
+    /// A second, uncached encoding of the prompt with the encoders loaded (when asked for).
+    var warmTextEncodingSeconds: Double?
 }
