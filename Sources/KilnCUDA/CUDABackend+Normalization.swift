@@ -192,6 +192,7 @@ extension CUDABackend {
             requireBF16(x, shift, scale, op: "layerNormModulate")
             let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
             let out = try empty(x.shape)
+            if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps) { return out }
             try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
                 $0.add(UInt64(rows)); $0.add(Int32(channels))
@@ -205,10 +206,27 @@ extension CUDABackend {
         requireBF16(x, shift, scale, op: "layerNormModulateFP8")
         let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
         let out = try empty(x.shape, .fp8)
+        if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps) { return out }
         try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256), shared: channels * 4) {
             $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
             $0.add(UInt64(rows)); $0.add(Int32(channels))
         }
         return out
+    }
+
+    /// adaLN with a warp per row (`layernorm_modulate_warp`) where the rows fit it (C a multiple of 256, at most 3072,
+    /// 16-byte aligned); false where they do not.
+    func layerNormModulateByWarps(out: CUDATensor, _ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) throws -> Bool {
+        let channels = x.shape.last!
+        guard channels % 256 == 0, channels <= 3072, [out.pointer, x.pointer, shift.pointer, scale.pointer].allSatisfy({ $0 % 16 == 0 }) else {
+            return false
+        }
+        let (rowsPerBatch, _) = channelLayout(x, shift, op: "layerNormModulate")
+        let rows = x.count / channels
+        try launchKernel("norm", "layernorm_modulate_warp", grid: ((rows + 3) / 4, 1, 1), block: (128, 1, 1)) {
+            $0.add(out.pointer); $0.add(out.type == .fp8 ? out.scales!.pointer : 0); $0.add(x.pointer); $0.add(shift.pointer)
+            $0.add(scale.pointer); $0.add(eps); $0.add(UInt64(rows)); $0.add(UInt64(rowsPerBatch)); $0.add(Int32(channels))
+        }
+        return true
     }
 }

@@ -102,6 +102,80 @@ __device__ __forceinline__ void modulated_row(float v[ROW_CHUNKS][8], const bf16
     }
 }
 
+// adaLN rows of up to 32 x 8 x WARP_ROW_CHUNKS channels (FLUX's 3072) in one warp: no block barriers, and many rows in
+// flight per SM (a block per 3072-wide row spent most of its time in three barrier-separated reductions).
+#define WARP_ROW_CHUNKS 12
+
+/// layerNorm(x) * (1 + scale) + shift for one row, the warp's lanes holding chunks lane, lane + 32, ... (`per` each),
+/// rounded to bf16 as the BF16 path stores it.
+__device__ __forceinline__ void warp_modulated_row(float v[WARP_ROW_CHUNKS][8], const bf16 *xr, const bf16 *sh, const bf16 *sc,
+                                                  int channels, int per, float eps) {
+    const int lane = threadIdx.x & 31;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
+        if (j < per) {
+            load8(xr, 8 * (lane + 32 * j), channels, true, v[j]);
+#pragma unroll
+            for (int k = 0; k < 8; k++) sum += v[j][k];
+        }
+    }
+    const float mean = warp_sum(sum) / channels;
+    float sq = 0.f;
+#pragma unroll
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++)
+        if (j < per)
+#pragma unroll
+            for (int k = 0; k < 8; k++) { const float d = v[j][k] - mean; sq += d * d; }
+    const float inv = rsqrtf(warp_sum(sq) / channels + eps);
+#pragma unroll
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
+        if (j < per) {
+            float a[8], b[8];
+            load8(sc, 8 * (lane + 32 * j), channels, true, a);
+            load8(sh, 8 * (lane + 32 * j), channels, true, b);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[j][k] = bf2f(f2bf((v[j][k] - mean) * inv * (1.f + a[k]) + b[k]));
+        }
+    }
+}
+
+/// adaLN with one warp per row, for C a multiple of 256 up to 256 x WARP_ROW_CHUNKS and 16-byte aligned rows; BF16 out,
+/// or (`rowScale` non-null) FP8 e4m3 with one fp32 scale per row.
+extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, const bf16 *x, const bf16 *shift, const bf16 *scale,
+                                                   float eps, u64 rows, u64 rowsPerBatch, int channels) {
+    const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31, per = channels / 256;
+    const u64 b = row / rowsPerBatch;
+    float v[WARP_ROW_CHUNKS][8];
+    warp_modulated_row(v, x + row * channels, shift + b * channels, scale + b * channels, channels, per, eps);
+    if (!rowScale) {
+        bf16 *o = (bf16 *)out + row * channels;
+#pragma unroll
+        for (int j = 0; j < WARP_ROW_CHUNKS; j++) if (j < per) store8(o, 8 * (lane + 32 * j), channels, true, v[j]);
+        return;
+    }
+    float amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++)
+        if (j < per)
+#pragma unroll
+            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
+    const float s = fmaxf(warp_max(amax), 1e-12f) / 448.f, r = 1.f / s;
+    if (lane == 0) rowScale[row] = s;
+    fp8e4m3 *o = (fp8e4m3 *)out + row * channels;
+#pragma unroll
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
+        if (j < per) {
+            const float *w = v[j];
+            const unsigned lo = pack_e4m3x2(w[0] * r, w[1] * r) | ((unsigned)pack_e4m3x2(w[2] * r, w[3] * r) << 16);
+            const unsigned hi = pack_e4m3x2(w[4] * r, w[5] * r) | ((unsigned)pack_e4m3x2(w[6] * r, w[7] * r) << 16);
+            *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = make_uint2(lo, hi);
+        }
+    }
+}
+
 /// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C]. Block of 256 threads per row,
 /// statistics in fp32.
 extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *out, const bf16 *x, const bf16 *shift, const bf16 *scale,
