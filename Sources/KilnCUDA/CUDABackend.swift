@@ -135,7 +135,7 @@ public final class CUDABackend: Backend {
 
     public func upload(_ host: HostTensor) throws -> CUDATensor {
         let out = try empty(host.shape)
-        var bits = host.data.map { NumberFormats.floatToBF16($0) }
+        var bits = NumberFormats.floatsToBF16(host.data)
         try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: out.pointer, bytes: $0.count, stream: stream) }
         try stream.synchronize()
         return out
