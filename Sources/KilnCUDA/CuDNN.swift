@@ -143,10 +143,10 @@ public final class CuDNN: @unchecked Sendable {
             if let chosen = convolutionChoices?[shape.description], case let built = build(chosen), built.plan != nil { return built }
             let first = build(0)
             guard let plan = first.plan, let tune, plan.configCount > 1 else { return first }
-            // Some engines compile at plan build (NVRTC), so candidates stop coming after a second of building.
+            // Some engines compile at plan build (NVRTC), so candidates stop coming after half a second of building.
             let started = MonotonicClock.now()
             var candidates = [(config: 0, plan: plan)]
-            for i in 1..<min(plan.configCount, convolutionCandidates) where MonotonicClock.now() - started < 1 {
+            for i in 1..<min(plan.configCount, convolutionCandidates) where MonotonicClock.now() - started < 0.5 {
                 if let p = build(i).plan { candidates.append((i, p)) }
             }
             guard let best = try? tune(candidates.map(\.plan)), candidates.indices.contains(best) else { return first }

@@ -48,12 +48,14 @@ if [ -f "$OUT/kiln.json" ]; then
 fi
 fi
 if stage flux; then bash scripts/device/flux.sh; fi
+if stage quality; then
+  PYTHONUNBUFFERED=1 KILN_CUDA_LIBS=$WHEEL_LIBS python3 scripts/device/quality.py --kiln "$BIN" --out "$OUT" 2>&1 | tee "$OUT/quality.txt"
+  rm -rf /tmp/quality  # 24 GB of weights: the disk (64 GB) holds one stage's model at a time
+fi
 if stage parity; then
   PYTHONUNBUFFERED=1 KILN_CUDA_LIBS=$WHEEL_LIBS python3 scripts/device/flux_parity.py --kiln "$BIN" --json "$OUT/parity.json" 2>&1 | tee "$OUT/parity.txt"
+  rm -rf /tmp/parity
 fi
 if stage text; then
   PYTHONUNBUFFERED=1 python3 scripts/device/text_parity.py --kiln "$BIN" --json "$OUT/text.json" 2>&1 | tee "$OUT/text.txt"
-fi
-if stage quality; then
-  PYTHONUNBUFFERED=1 KILN_CUDA_LIBS=$WHEEL_LIBS python3 scripts/device/quality.py --kiln "$BIN" --out "$OUT" 2>&1 | tee "$OUT/quality.txt"
 fi
