@@ -105,6 +105,9 @@ public protocol Backend: AnyObject {
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding) -> Tensor
     /// Nearest-neighbour 2x upsampling of NHWC.
     func upsampleNearest2x(_ x: Tensor) -> Tensor
+    /// Decoded images `[B, H, W, 3]` in [-1, 1] as PNG image data on the host: per image and row a filter byte (0),
+    /// then the row's samples `PNG.byte(x / 2 + 0.5)`; also how many values were not finite (written as 0).
+    func imageRows(_ x: Tensor) -> (rows: [UInt8], nonFinite: Int)
 
     // MARK: graphs
     /// Records the device work `body` enqueues as a graph, without running it, or returns nil where the backend has no
@@ -243,6 +246,27 @@ extension Backend {
             return reshape(normed, s)
         }
         return (one(q, qWeight), one(k, kWeight))
+    }
+
+    public func imageRows(_ x: Tensor) -> (rows: [UInt8], nonFinite: Int) {
+        let image = host(x)
+        let (rows, width, channels) = (image.shape[0] * image.shape[1], image.shape[2], image.shape[3])
+        var nonFinite = 0
+        let bytes = [UInt8](unsafeUninitializedCapacity: rows * (1 + width * channels)) { out, count in
+            image.data.withUnsafeBufferPointer { values in
+                for r in 0..<rows {
+                    let start = r * (1 + width * channels)
+                    out[start] = 0
+                    for i in 0..<(width * channels) {
+                        let v = values[r * width * channels + i]
+                        if !v.isFinite { nonFinite += 1 }
+                        out[start + 1 + i] = PNG.byte(v / 2 + 0.5)
+                    }
+                }
+            }
+            count = rows * (1 + width * channels)
+        }
+        return (bytes, nonFinite)
     }
 
     /// `linear` with no activation.

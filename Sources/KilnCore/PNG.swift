@@ -16,7 +16,8 @@ public enum PNG {
     }
 
     /// PNG bytes from the image data stream: each row its filter type byte (0) then its RGB bytes.
-    static func encode(filteredRows raw: [UInt8], width: Int, height: Int) -> [UInt8] {
+    public static func encode(filteredRows raw: [UInt8], width: Int, height: Int) -> [UInt8] {
+        precondition(width > 0 && height > 0 && raw.count == height * (1 + width * 3), "row bytes do not match \(width)x\(height)")
         var png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         var header: [UInt8] = []
         appendBigEndian(UInt32(width), to: &header)
@@ -28,27 +29,29 @@ public enum PNG {
         return png
     }
 
-    /// Converts a `[1, 3, H, W]` (or `[3, H, W]`) tensor in [0, 1] to PNG bytes; values are clamped and rounded
-    /// as diffusers does (`round(x * 255)`, halves to even); non-finite values become 0 (see `nonFiniteCount`).
+    /// The 8-bit value of a sample in [0, 1]: clamped, times 255, rounded half to even as diffusers does
+    /// (`round(x * 255)`); non-finite values become 0. Adding and removing 1.5·2^23 rounds in one add, where
+    /// `rounded(.toNearestOrEven)` is a libm call per value on baseline x86-64.
+    @inline(__always)
+    public static func byte(_ value: Float) -> UInt8 {
+        let clamped = value.isFinite ? min(max(value, 0), 1) : 0
+        let magic: Float = 12_582_912
+        return UInt8((clamped * 255 + magic) - magic)
+    }
+
+    /// Converts a `[1, 3, H, W]` (or `[3, H, W]`) tensor in [0, 1] to PNG bytes (samples as `byte` makes them).
     public static func encode(image: HostTensor) -> [UInt8] {
         let shape = image.shape.count == 4 ? Array(image.shape.dropFirst()) : image.shape
         precondition(shape.count == 3 && shape[0] == 3, "expected a [1, 3, H, W] image, got \(image.shape)")
         let (height, width) = (shape[1], shape[2])
         let plane = height * width
-        // Pixels go straight into the filtered rows; adding and removing 1.5·2^23 rounds to nearest even in one add
-        // (for 0 <= x <= 255), where `rounded(.toNearestOrEven)` is a libm call per value on baseline x86-64.
-        let magic: Float = 12_582_912
         let raw = [UInt8](unsafeUninitializedCapacity: height * (1 + width * 3)) { rows, count in
             image.data.withUnsafeBufferPointer { planes in
                 for y in 0..<height {
                     let start = y * (1 + width * 3)
                     rows[start] = 0  // filter type None
                     for x in 0..<width {
-                        for c in 0..<3 {
-                            let v = planes[c * plane + y * width + x]
-                            let clamped = v.isFinite ? min(max(v, 0), 1) : 0
-                            rows[start + 1 + x * 3 + c] = UInt8((clamped * 255 + magic) - magic)
-                        }
+                        for c in 0..<3 { rows[start + 1 + x * 3 + c] = byte(planes[c * plane + y * width + x]) }
                     }
                 }
             }
@@ -57,8 +60,6 @@ public enum PNG {
         return encode(filteredRows: raw, width: width, height: height)
     }
 
-    /// How many values of a tensor are NaN or infinite (they are written as black).
-    public static func nonFiniteCount(_ image: HostTensor) -> Int { image.data.reduce(0) { $0 + ($1.isFinite ? 0 : 1) } }
 
     static func zlibStored(_ data: [UInt8]) -> [UInt8] {
         var out: [UInt8] = [0x78, 0x01]

@@ -221,10 +221,23 @@ public final class TextToImagePipeline<B: Backend> {
 
     /// Decodes final latents `[B, 16, h, w]` to images `[B, 3, 8h, 8w]` in [0, 1].
     public func decode(_ latents: HostTensor) -> HostTensor {
+        TextToImagePipeline.imagePlanes(backend.host(decodeOnDevice(decoderInput(latents))))
+    }
+
+    /// Decodes final latents `[B, 16, h, w]` straight to PNG image data (`Backend.imageRows`: 8-bit samples made where
+    /// the image is, 3 bytes a pixel moved to the host), one array per image: what `PNG.encode(filteredRows:)` takes.
+    public func decodeToPNGRows(_ latents: HostTensor) -> (images: [[UInt8]], width: Int, height: Int, nonFinite: Int) {
+        let (batch, height, width) = (latents.shape[0], 8 * latents.shape[2], 8 * latents.shape[3])
+        let (rows, nonFinite) = backend.imageRows(decodeOnDevice(decoderInput(latents)))
+        let size = height * (1 + 3 * width)
+        return ((0..<batch).map { Array(rows[($0 * size)..<(($0 + 1) * size)]) }, width, height, nonFinite)
+    }
+
+    /// Latents unscaled and shifted for the VAE, NHWC.
+    func decoderInput(_ latents: HostTensor) -> HostTensor {
         let shift = faults.contains(.vaeShiftDropped) ? 0 : vaeConfig.shiftFactor
         let scaled = latents.permuted([0, 2, 3, 1]).data.map { $0 / vaeConfig.scalingFactor + shift }
-        let z = HostTensor(shape: [latents.shape[0], latents.shape[2], latents.shape[3], latents.shape[1]], data: scaled)
-        return TextToImagePipeline.imagePlanes(backend.host(decodeOnDevice(z)))
+        return HostTensor(shape: [latents.shape[0], latents.shape[2], latents.shape[3], latents.shape[1]], data: scaled)
     }
 
     /// The decoder's NHWC output in [-1, 1] as NCHW planes in [0, 1], in one pass (three separate passes over a

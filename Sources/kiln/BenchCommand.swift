@@ -68,9 +68,9 @@ struct BenchCommand: ParsableCommand, BackendJob {
                 eagerSteps += (1...max(1, steps)).compactMap { step in marks[step].flatMap { end in marks[step - 1].map { end - $0 } } }
             }
             let decodeStart = MonotonicClock.now()
-            let images = pipeline.decode(final)
+            let decoded = pipeline.decodeToPNGRows(final)
             let pngStart = MonotonicClock.now()
-            for image in images.batchItems() { _ = PNG.encode(image: image) }
+            for rows in decoded.images { _ = PNG.encode(filteredRows: rows, width: decoded.width, height: decoded.height) }
             let end = MonotonicClock.now()
             if run == 0 {
                 firstImage = BenchCommand.secondsSinceProcessStart()

@@ -40,14 +40,13 @@ struct GenerateCommand: ParsableCommand, BackendJob {
         if let saveLatents {
             try SafeTensorsWriter.write([.init("latents", final)], to: saveLatents)
         }
-        let images = run.pipeline.decode(final)
-        let nonFinite = PNG.nonFiniteCount(images)
-        if nonFinite > 0 {
-            fputs("kiln: warning: \(nonFinite) image values are NaN or infinite (written as black); the model or its inputs are broken\n", stderr)
+        let decoded = run.pipeline.decodeToPNGRows(final)
+        if decoded.nonFinite > 0 {
+            fputs("kiln: warning: \(decoded.nonFinite) image values are NaN or infinite (written as black); the model or its inputs are broken\n", stderr)
         }
-        for (item, image) in images.batchItems().enumerated() {
+        for (item, rows) in decoded.images.enumerated() {
             let path = item == 0 ? out : GenerateCommand.numbered(out, item)
-            try FileIO.write(PNG.encode(image: image), to: path)
+            try FileIO.write(PNG.encode(filteredRows: rows, width: decoded.width, height: decoded.height), to: path)
             print(path)
         }
     }

@@ -49,6 +49,18 @@ final class PipelineTests: XCTestCase {
         try check(model: "bfl/flux1-tiny-schnell.safetensors", reference: "pipeline_schnell_96x160")
     }
 
+    /// PNG image data made by `decodeToPNGRows` (`Backend.imageRows`) is byte for byte what the float images give.
+    func testPNGRowsMatchTheFloatImages() throws {
+        let files = try ModelFiles(path: Fixtures.path("tiny-flux-dev"))
+        let pipeline = try TextToImagePipeline(files: files, backend: CPUBackend())
+        let latents = HostTensor(shape: [2, 16, 12, 20], data: (0..<(2 * 16 * 12 * 20)).map { Float(($0 * 7919) % 1000) / 250 - 2 })
+        let decoded = pipeline.decodeToPNGRows(latents)
+        XCTAssertEqual([decoded.width, decoded.height, decoded.images.count, decoded.nonFinite], [160, 96, 2, 0])
+        for (rows, image) in zip(decoded.images, pipeline.decode(latents).batchItems()) {
+            XCTAssertEqual(PNG.encode(filteredRows: rows, width: 160, height: 96), PNG.encode(image: image))
+        }
+    }
+
     /// Each wiring bug must move the compared output far (more than 10×) past its tolerance.
     func testMutationsAreCaught() throws {
         struct Mutation {

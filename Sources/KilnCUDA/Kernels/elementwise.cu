@@ -190,3 +190,19 @@ extern "C" __global__ void im2col_nhwc_bf16(bf16 *out, const bf16 *x, int height
         out[i] = (iy >= 0 && iy < height && ix >= 0 && ix < width) ? x[((b * height + iy) * width + ix) * channels + c] : (bf16)0;
     }
 }
+
+/// Decoded images [B, H, W, C] (bf16 in [-1, 1]) as PNG image data: `rows` = B·H rows of a filter byte (0) and W·C
+/// samples round(clamp(x / 2 + 0.5, 0, 1) · 255), halves to even as on the host; non-finite samples become 0 and are
+/// counted in nonFinite[0] (zeroed by the caller).
+extern "C" __global__ void image_rows_u8(unsigned char *out, unsigned *nonFinite, const bf16 *x, unsigned rows, unsigned rowSamples) {
+    const u64 rowBytes = 1 + (u64)rowSamples, n = rows * rowBytes;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        unsigned j;
+        const u64 r = divmod(i, (unsigned)rowBytes, j);
+        if (j == 0) { out[i] = 0; continue; }
+        const float v = bf2f(x[r * rowSamples + j - 1]);
+        if (!isfinite(v)) { atomicAdd(nonFinite, 1u); out[i] = 0; continue; }
+        const float clamped = fminf(fmaxf(__fadd_rn(__fmul_rn(v, 0.5f), 0.5f), 0.f), 1.f);
+        out[i] = (unsigned char)rintf(__fmul_rn(clamped, 255.f));
+    }
+}
