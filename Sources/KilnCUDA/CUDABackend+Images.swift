@@ -40,7 +40,7 @@ extension CUDABackend {
                 func plan(bias b: Bool, residual r: Bool) -> CuDNN.Plan? {
                     dnn.convolutionPlan(batch: batch, channels: inC, height: height, width: width, outChannels: outC, kh: kh, kw: kw,
                                         stride: stride, padding: (padding.top, padding.left, padding.bottom, padding.right),
-                                        outHeight: outH, outWidth: outW, bias: b, residual: r, tune: autotune ? { plans in
+                                        outHeight: outH, outWidth: outW, bias: b, residual: r, tune: autotune && !pool.isCapturing ? { plans in
                         try self.fastestConvolution(plans, x: x.pointer, w: weight.pointer, y: y.pointer, bias: b ? self.nullable(bias) : 0,
                                                     residual: r ? self.nullable(residual) : 0)
                     } : nil)
@@ -83,34 +83,25 @@ extension CUDABackend {
         }
     }
 
-    /// The index of the fastest of `plans` (engine configs of one convolution) on the real operands: each run once,
-    /// then timed with events over two rounds of opposite order (median of 3 calls per round, the smaller round kept).
+    /// The index of the fastest of `plans` (engine configs of one convolution) on the real operands: three rounds of
+    /// three calls each (`roundRobinTrials`). Throws when none ran.
     func fastestConvolution(_ plans: [CuDNN.Plan], x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr, bias: CUdeviceptr,
                             residual: CUdeviceptr) throws -> Int {
-        guard let dnn = cudnn() else { return 0 }
+        guard let dnn = cudnn() else { throw KilnError.unsupported("cuDNN unavailable: \(cudnnError ?? "?")") }
         let workspace = try pool.allocate(max(1, plans.map(\.workspaceBytes).max() ?? 1))
-        func run(_ p: CuDNN.Plan) throws {
-            try dnn.runConvolution(p, x: x, w: w, y: y, bias: bias, residual: residual, workspace: workspace.pointer)
+        func run(_ i: Int) throws {
+            try dnn.runConvolution(plans[i], x: x, w: w, y: y, bias: bias, residual: residual, workspace: workspace.pointer)
         }
-        var usable = plans.indices.filter { (try? run(plans[$0])) != nil && (try? stream.synchronize()) != nil }
-        guard usable.count > 1 else { return usable.first ?? 0 }
-        var best = [Int: Double]()
         let start = try CUDAEvent(), end = try CUDAEvent()
-        for round in 0..<2 {
-            for i in round == 0 ? usable : usable.reversed() {
-                var times: [Double] = []
-                for _ in 0..<3 {
-                    try start.record(stream)
-                    try run(plans[i])
-                    try end.record(stream)
-                    try end.synchronize()
-                    times.append(Double(try end.milliseconds(since: start)))
-                }
-                best[i] = min(best[i] ?? .infinity, median(times))
-            }
+        let trials = roundRobinTrials(Array(plans.indices), rounds: 3, stream: stream, run: run) { i in
+            try start.record(stream)
+            for _ in 0..<3 { try run(i) }
+            try end.record(stream)
+            try end.synchronize()
+            return Double(try end.milliseconds(since: start)) / 3
         }
-        usable.sort { best[$0]! < best[$1]! }
-        return usable[0]
+        guard let fastest = trials.first else { throw KilnError.unsupported("no convolution engine config ran") }
+        return fastest.candidate
     }
 
     /// A convolution whose output channels are not a multiple of 8 (the VAE's last, 128 → 3): cuDNN's engines for

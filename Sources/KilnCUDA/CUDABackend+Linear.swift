@@ -24,7 +24,7 @@ extension CUDABackend {
         let rows = x.count / channels
         let out = try empty(x.shape, .fp8)
         try launchKernel("norm", "quantize_rows_fp8", grid: (rows, 1, 1), block: rowBlock(channels)) {
-            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(UInt64(rows)); $0.add(Int32(channels))
+            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(Int32(channels))
         }
         return out
     }
@@ -38,6 +38,7 @@ extension CUDABackend {
         precondition(weight.shape == [n, k], "linear: input \(x.shape) vs weight \(weight.shape)")
         if let bias { precondition(bias.count == n, "linear: bias \(bias.shape) for \(n) outputs"); requireBF16(bias, op: "linear bias") }
         let m = x.count / k
+        precondition(!x.perTensorScale, "linear: FP8 input \(x.shape) has one scale for the tensor; GEMMs take one per row")
         let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
         var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
         key.accumulate = residual != nil

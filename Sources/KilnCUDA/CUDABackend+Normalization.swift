@@ -86,19 +86,13 @@ extension CUDABackend {
     }
 
     /// Q and K go from the fused projections through the norm + RoPE kernel straight into the joint tensors (no
-    /// slices, no concatenation); V is copied into place by rows. 128-wide heads (FLUX) take one kernel for all three.
+    /// slices, no concatenation); V is copied into place by rows. 128-wide heads (FLUX) take one kernel for all three,
+    /// and under FP8 attention (one image at a time) come out as FP8 (`attentionInputsFP8`).
     public func attentionInputs(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int) -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         attempt {
             let batch = streams[0].qkv.shape[0], width = streams[0].qkv.shape[2] / 3, dim = width / heads
             precondition(streams[0].qkv.shape[2] == 3 * width && width == heads * dim && dim % 2 == 0,
                          "attentionInputs: \(streams[0].qkv.shape[2]) channels for 3 x \(heads) heads of an even size")
-            let total = streams.reduce(0) { $0 + $1.qkv.shape[1] }
-            if attentionPrecision == .fp8, dim == 128, streams.count <= 2,
-               cudnn()?.fp8AttentionPlan(batch: batch, heads: heads, queries: total, keys: total, dim: dim) != nil {
-                return try attentionInputsFP8(streams, eps: eps, heads: heads, total: total)
-            }
-            let (q, k, v) = (try empty([batch, total, width]), try empty([batch, total, width]), try empty([batch, total, width]))
-            var offset = 0
             for s in streams {
                 requireBF16(s.qkv, s.queryNorm, s.keyNorm, op: "attentionInputs")
                 let length = s.qkv.shape[1]
@@ -106,8 +100,21 @@ extension CUDABackend {
                 if let table = s.rope {
                     precondition(table.cos.shape == [length, dim] && table.sin.shape == [length, dim], "attentionInputs: table \(table.cos.shape) for L \(length) D \(dim)")
                 }
-                let pointers = [s.qkv.pointer, s.queryNorm.pointer, s.keyNorm.pointer, s.rope?.cos.pointer ?? 0, s.rope?.sin.pointer ?? 0]
-                if dim == 128 && pointers.allSatisfy({ $0 % 8 == 0 }) {
+            }
+            let total = streams.reduce(0) { $0 + $1.qkv.shape[1] }
+            // The 128-wide kernels read 8 bytes a lane from every input.
+            let wide = dim == 128 && streams.allSatisfy { s in
+                [s.qkv.pointer, s.queryNorm.pointer, s.keyNorm.pointer, s.rope?.cos.pointer ?? 0, s.rope?.sin.pointer ?? 0].allSatisfy { $0 % 8 == 0 }
+            }
+            if attentionPrecision == .fp8, wide, batch == 1, streams.count <= 2,
+               cudnn()?.fp8AttentionPlan(batch: batch, heads: heads, queries: total, keys: total, dim: dim) != nil {
+                return try attentionInputsFP8(streams, eps: eps, heads: heads, total: total)
+            }
+            let (q, k, v) = (try empty([batch, total, width]), try empty([batch, total, width]), try empty([batch, total, width]))
+            var offset = 0
+            for s in streams {
+                let length = s.qkv.shape[1]
+                if wide {
                     try launchKernel("rope", "attention_inputs_d128", grid: ((batch * length * heads + 7) / 8, 1, 1), block: (256, 1, 1)) {
                         $0.add(q.pointer); $0.add(k.pointer); $0.add(v.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
                         $0.add(s.keyNorm.pointer); $0.add(nullable(s.rope?.cos)); $0.add(nullable(s.rope?.sin)); $0.add(eps)
@@ -135,26 +142,25 @@ extension CUDABackend {
     /// The joint Q, K, V as e4m3 with one scale per tensor, for cuDNN's FP8 attention: Q's and K's scales bound from
     /// the norm weights before any token is seen (one tiny kernel), so both are written as FP8 in the same pass that
     /// norms and rotates them; V, not normed, gets its absolute maximum gathered in that pass and is quantized right
-    /// after. Each tensor's `scales` holds its one descale (not a scale per row: these feed only `attention`).
+    /// after. The scalars sit 16 bytes apart (cuDNN's scalar tensors are declared 16-byte aligned): descale Q, descale
+    /// K, amax V, descale V; each tensor's `scales` is a view of its descale (`perTensorScale`).
     func attentionInputsFP8(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int, total: Int) throws -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         let batch = streams[0].qkv.shape[0], width = heads * 128
         let count = batch * total * width
-        let slots = try pool.allocate(16)
+        let slots = try pool.allocate(64)
         try launchKernel("rope", "attention_input_scales", grid: (1, 1, 1), block: (128, 1, 1)) {
             $0.add(slots.pointer); $0.add(streams[0].queryNorm.pointer); $0.add(streams[0].keyNorm.pointer)
             $0.add(streams.count > 1 ? streams[1].queryNorm.pointer : 0); $0.add(streams.count > 1 ? streams[1].keyNorm.pointer : 0)
         }
         func fp8(slot: Int) throws -> CUDATensor {
             CUDATensor(storage: try pool.allocate(count), offset: 0, shape: [batch, total, width], type: .fp8,
-                       scales: DeviceStorage(viewOf: slots, offset: 4 * slot, bytes: 4))
+                       scales: DeviceStorage(viewOf: slots, offset: 16 * slot, bytes: 4), perTensorScale: true)
         }
         let (q, k, v) = (try fp8(slot: 0), try fp8(slot: 1), try fp8(slot: 3))
         let values = try empty([batch, total, width])
         var offset = 0
         for s in streams {
-            requireBF16(s.qkv, s.queryNorm, s.keyNorm, op: "attentionInputs")
             let length = s.qkv.shape[1]
-            precondition(s.qkv.shape == [batch, length, 3 * width], "attentionInputs: projection \(s.qkv.shape) with \(width) channels")
             let rows = batch * length * heads
             try launchKernel("rope", "attention_inputs_fp8_d128", grid: (min((rows + 7) / 8, device.multiprocessors * 8), 1, 1), block: (256, 1, 1)) {
                 $0.add(q.pointer); $0.add(k.pointer); $0.add(values.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
@@ -164,7 +170,7 @@ extension CUDABackend {
             offset += length
         }
         try launchKernel("norm", "quantize_tensor_fp8", grid: chunkGrid(count), block: (256, 1, 1)) {
-            $0.add(v.pointer); $0.add(slots.pointer + 12); $0.add(values.pointer); $0.add(slots.pointer + 8); $0.add(UInt64(count))
+            $0.add(v.pointer); $0.add(slots.pointer + 48); $0.add(values.pointer); $0.add(slots.pointer + 32); $0.add(UInt64(count))
         }
         return (q, k, v)
     }
@@ -192,7 +198,7 @@ extension CUDABackend {
             requireBF16(x, shift, scale, op: "layerNormModulate")
             let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
             let out = try empty(x.shape)
-            if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps) { return out }
+            if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps, rowsPerBatch: rows) { return out }
             try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
                 $0.add(UInt64(rows)); $0.add(Int32(channels))
@@ -206,7 +212,7 @@ extension CUDABackend {
         requireBF16(x, shift, scale, op: "layerNormModulateFP8")
         let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
         let out = try empty(x.shape, .fp8)
-        if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps) { return out }
+        if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps, rowsPerBatch: rows) { return out }
         try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256), shared: channels * 4) {
             $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
             $0.add(UInt64(rows)); $0.add(Int32(channels))
@@ -214,14 +220,15 @@ extension CUDABackend {
         return out
     }
 
-    /// adaLN with a warp per row (`layernorm_modulate_warp`) where the rows fit it (C a multiple of 256, at most 3072,
-    /// 16-byte aligned); false where they do not.
-    func layerNormModulateByWarps(out: CUDATensor, _ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) throws -> Bool {
-        let channels = x.shape.last!
-        guard channels % 256 == 0, channels <= 3072, [out.pointer, x.pointer, shift.pointer, scale.pointer].allSatisfy({ $0 % 16 == 0 }) else {
+    /// adaLN with a warp per row (`layernorm_modulate_warp`) where the rows fit it (C a multiple of 256, at most
+    /// 256 x norm.cu's WARP_ROW_CHUNKS, 16-byte aligned); false where they do not.
+    func layerNormModulateByWarps(out: CUDATensor, _ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float,
+                                  rowsPerBatch: Int) throws -> Bool {
+        let channels = x.shape.last!, warpRowChunks = 12
+        guard channels % 256 == 0, channels <= 256 * warpRowChunks,
+              [out.pointer, x.pointer, shift.pointer, scale.pointer].allSatisfy({ $0 % 16 == 0 }) else {
             return false
         }
-        let (rowsPerBatch, _) = channelLayout(x, shift, op: "layerNormModulate")
         let rows = x.count / channels
         try launchKernel("norm", "layernorm_modulate_warp", grid: ((rows + 3) / 4, 1, 1), block: (128, 1, 1)) {
             $0.add(out.pointer); $0.add(out.type == .fp8 ? out.scales!.pointer : 0); $0.add(x.pointer); $0.add(shift.pointer)

@@ -110,7 +110,7 @@ public final class CUDABackend: Backend {
     func chunkGrid(_ n: Int) -> (Int, Int, Int) { elementwiseGrid((n + 7) / 8) }
 
     /// The block for row kernels that keep a row in registers (norm.cu's `ROW_CHUNKS` 8-element chunks per thread):
-    /// just enough warps for the row, so a 3072-wide row takes 3 warps, not 8 mostly idle ones, and more rows run at once.
+    /// just enough warps for the row, so a 12288-wide row takes 12 warps and a 3072-wide one 3, not 8 mostly idle ones.
     /// `limit` is the kernel's `__launch_bounds__`; wider rows take the kernel's register-free path.
     func rowBlock(_ channels: Int, limit: Int = 1024) -> (Int, Int, Int) {
         let threads = ((channels + 31) / 32 + 31) / 32 * 32
@@ -162,15 +162,16 @@ public final class CUDABackend: Backend {
         }
     }
 
-    /// FP8 codes and per-row scales of an FP8 tensor.
+    /// FP8 codes and per-row scales of an FP8 tensor (a per-tensor scale repeated for every row).
     public func downloadFP8(_ t: CUDATensor) throws -> (codes: [UInt8], scales: [Float]) {
         try stream.synchronize()
         var codes = [UInt8](repeating: 0, count: t.count)
-        var scales = [Float](repeating: 0, count: t.count / max(1, t.shape.last ?? 1))
+        let rows = t.count / max(1, t.shape.last ?? 1)
+        var scales = [Float](repeating: 0, count: t.perTensorScale ? 1 : rows)
         try codes.withUnsafeMutableBytes { try DeviceCopy.download(t.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
         try scales.withUnsafeMutableBytes { try DeviceCopy.download(t.scales!.pointer, to: $0.baseAddress!, bytes: $0.count, stream: stream) }
         try stream.synchronize()
-        return (codes, scales)
+        return (codes, t.perTensorScale ? [Float](repeating: scales[0], count: rows) : scales)
     }
 
     public func tensor(_ host: HostTensor) -> CUDATensor { attempt { try upload(host) } }
@@ -228,16 +229,27 @@ public final class CUDABackend: Backend {
     }
 
     /// Rows or columns `range` of an FP8 matrix (a quantized weight split at load), with their per-row scales. Split
-    /// columns keep their rows' scales: each part is the same codes times the same scale.
+    /// columns keep their rows' scales: each part is the same codes times the same scale. Token rows of a batched
+    /// activation (the text and image parts of an FP8 attention output) are a view for one batch item where cuBLASLt's
+    /// alignment holds (codes at 256 bytes, scales at 16), else copied.
     func sliceFP8(_ x: CUDATensor, axis: Int, _ range: Range<Int>) throws -> CUDATensor {
-        // Rows of one batch item (the text and image parts of an FP8 attention output): a view, scales included.
-        if axis == x.shape.count - 2, x.shape[..<axis].reduce(1, *) == 1, let scales = x.scales {
+        precondition(!x.perTensorScale, "slice: FP8 tensor \(x.shape) with one scale for the tensor")
+        if x.shape.count >= 3, axis == x.shape.count - 2, let scales = x.scales {
             precondition(range.lowerBound >= 0 && range.upperBound <= x.shape[axis], "slice \(range) of axis \(axis) in \(x.shape)")
+            let (items, length, row) = (x.shape[..<axis].reduce(1, *), x.shape[axis], x.shape.last!)
             var shape = x.shape
             shape[axis] = range.count
-            let row = x.shape.last!
-            return CUDATensor(storage: x.storage, offset: x.offset + range.lowerBound * row, shape: shape, type: .fp8,
-                              scales: DeviceStorage(viewOf: scales, offset: range.lowerBound * 4, bytes: range.count * 4))
+            if items == 1, (range.lowerBound * row) % 256 == 0, range.lowerBound % 4 == 0 {
+                return CUDATensor(storage: x.storage, offset: x.offset + range.lowerBound * row, shape: shape, type: .fp8,
+                                  scales: DeviceStorage(viewOf: scales, offset: range.lowerBound * 4, bytes: range.count * 4))
+            }
+            let out = try empty(shape, .fp8)
+            for item in 0..<items {
+                let (from, to) = (item * length + range.lowerBound, item * range.count)
+                try DeviceCopy.copy(x.pointer + CUdeviceptr(from * row), to: out.pointer + CUdeviceptr(to * row), bytes: range.count * row, stream: stream)
+                try DeviceCopy.copy(scales.pointer + CUdeviceptr(from * 4), to: out.scales!.pointer + CUdeviceptr(to * 4), bytes: range.count * 4, stream: stream)
+            }
+            return out
         }
         precondition(x.shape.count == 2 && (axis == 0 || axis == 1) && range.lowerBound >= 0 && range.upperBound <= x.shape[axis],
                      "slice: FP8 tensors split as matrices (\(x.shape), axis \(axis), \(range))")

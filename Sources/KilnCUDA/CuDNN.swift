@@ -140,7 +140,7 @@ public final class CuDNN: @unchecked Sendable {
             }
         }
         return convolution.plan(shape) {
-            if let chosen = convolutionChoices?[shape.description], case let built = build(chosen), built.plan != nil { return built }
+            if let chosen = convolutionChoices?[config: shape.description], case let built = build(chosen), built.plan != nil { return built }
             let first = build(0)
             guard let plan = first.plan, let tune, plan.configCount > 1 else { return first }
             // Some engines compile at plan build (NVRTC), so candidates stop coming after half a second of building.
@@ -150,7 +150,7 @@ public final class CuDNN: @unchecked Sendable {
                 if let p = build(i).plan { candidates.append((i, p)) }
             }
             guard let best = try? tune(candidates.map(\.plan)), candidates.indices.contains(best) else { return first }
-            convolutionChoices?[shape.description] = candidates[best].config
+            convolutionChoices?[config: shape.description] = candidates[best].config
             try? convolutionChoices?.save()
             return (candidates[best].plan, nil)
         }
@@ -190,35 +190,20 @@ public final class CuDNN: @unchecked Sendable {
     }
 }
 
-/// Convolution engine choices on disk, one JSON file per GPU and cuDNN version:
-/// `{"gpu": ..., "cudnn": ..., "choices": {"<shape>": <config index>, ...}}`.
-public final class ConvolutionChoices: @unchecked Sendable {
-    public let path: String
-    let gpu: String
-    let cudnnVersion: Int
-    private var entries: [String: Int] = [:]
-
+/// cuDNN engine config choices per convolution shape (an index into the heuristic's list; `TuningChoices` in
+/// `<cache>/cudnn/`).
+public final class ConvolutionChoices: TuningChoices, @unchecked Sendable {
     public init(path: String, gpu: String, cudnnVersion: Int) {
-        (self.path, self.gpu, self.cudnnVersion) = (path, gpu, cudnnVersion)
-        guard let json = try? FileIO.readJSON(path), json["gpu"]?.string == gpu, json["cudnn"]?.int == cudnnVersion,
-              let choices = json["choices"]?.object else { return }
-        for (key, value) in choices { if let index = value.int { entries[key] = index } }
+        super.init(path: path, gpu: gpu, library: "cudnn", version: cudnnVersion, field: "choices")
     }
 
     /// `<cache>/cudnn/<gpu tag>-cudnn<version>.json`.
     public static func defaultPath(gpuTag: String, cudnnVersion: Int) -> String {
-        FileIO.join(CacheDirectory.root(), "cudnn/\(gpuTag)-cudnn\(cudnnVersion).json")
+        defaultPath(folder: "cudnn", gpuTag: gpuTag, library: "cudnn", version: cudnnVersion)
     }
 
-    subscript(shape: String) -> Int? {
-        get { entries[shape] }
-        set { entries[shape] = newValue }
-    }
-
-    func save() throws {
-        let json = JSON.object([("gpu", .string(gpu)), ("cudnn", .number(Double(cudnnVersion))),
-                                ("choices", .object(entries.keys.sorted().map { ($0, .number(Double(entries[$0]!))) }))])
-        try CacheDirectory.makeDirectories(FileIO.directory(of: path))
-        try FileIO.write(Array(json.serialized.utf8), to: path)
+    subscript(config shape: String) -> Int? {
+        get { self[shape].flatMap { Int($0) } }
+        set { self[shape] = newValue.map(String.init) }
     }
 }

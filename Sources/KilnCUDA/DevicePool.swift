@@ -122,8 +122,10 @@ public struct CUDATensor {
     public let offset: Int
     public let shape: [Int]
     public let type: DeviceType
-    /// FP8: one fp32 scale per row (the last dimension is the row).
+    /// FP8: one fp32 scale per row (the last dimension is the row), or one for the whole tensor where
+    /// `perTensorScale` (FP8 attention inputs).
     public let scales: DeviceStorage?
+    public var perTensorScale = false
 
     public var pointer: CUdeviceptr { storage.pointer + CUdeviceptr(offset) }
     public var count: Int { shape.reduce(1, *) }

@@ -325,52 +325,41 @@ public final class GemmPlan: @unchecked Sendable {
     }
 }
 
+/// Autotuning's timing: each candidate run once (those that fail are dropped), then `rounds` passes of `measure` over
+/// the rest, every other pass in reverse order so that clock and power drift during tuning hits all alike; the
+/// candidates that ran, with their median milliseconds, fastest first.
+public func roundRobinTrials<Candidate>(_ candidates: [Candidate], rounds: Int, stream: CUDAStream, run: (Candidate) throws -> Void,
+                                        measure: (Candidate) throws -> Double) -> [(candidate: Candidate, milliseconds: Double)] {
+    let usable = candidates.filter { (try? run($0)) != nil && (try? stream.synchronize()) != nil }
+    var samples = [[Double]](repeating: [], count: usable.count)
+    for round in 0..<rounds {
+        for i in round % 2 == 0 ? Array(usable.indices) : usable.indices.reversed() {
+            if let ms = try? measure(usable[i]), ms.isFinite { samples[i].append(ms) }
+        }
+    }
+    return zip(usable, samples).compactMap { c, s in s.isEmpty ? nil : (c, median(s)) }.sorted { $0.milliseconds < $1.milliseconds }
+}
+
 public func median(_ values: [Double]) -> Double {
     guard !values.isEmpty else { return .nan }
     let s = values.sorted()
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
-/// Autotuning choices on disk, one JSON file per GPU and cuBLASLt version:
-/// `{"gpu": ..., "cublasLt": ..., "plans": {"<key>": "<algorithm hex>", ...}}`.
-public final class GemmPlanCache: @unchecked Sendable {
-    public let path: String
-    public let gpu: String
-    public let cublasLtVersion: Int
-    public private(set) var entries: [String: GemmAlgorithm] = [:]
-
+/// cuBLASLt algorithm choices per GEMM key (`TuningChoices` in `<cache>/gemm/`).
+public final class GemmPlanCache: TuningChoices, @unchecked Sendable {
     public init(path: String, gpu: String, cublasLtVersion: Int) {
-        self.path = path
-        self.gpu = gpu
-        self.cublasLtVersion = cublasLtVersion
-        if let json = try? FileIO.readJSON(path) { load(json) }
+        super.init(path: path, gpu: gpu, library: "cublasLt", version: cublasLtVersion, field: "plans")
     }
 
     /// The default location: `<cache>/gemm/<gpu tag>-cublasLt<version>.json`.
     public static func defaultPath(gpuTag: String, cublasLtVersion: Int) -> String {
-        FileIO.join(CacheDirectory.root(), "gemm/\(gpuTag)-cublasLt\(cublasLtVersion).json")
-    }
-
-    func load(_ json: JSON) {
-        guard json["gpu"]?.string == gpu, json["cublasLt"]?.int == cublasLtVersion, let plans = json["plans"]?.object else { return }
-        for (key, value) in plans {
-            if let hex = value.string, let algo = GemmAlgorithm(hex: hex) { entries[key] = algo }
-        }
-    }
-
-    public var json: JSON {
-        .object([("gpu", .string(gpu)), ("cublasLt", .number(Double(cublasLtVersion))),
-                 ("plans", .object(entries.keys.sorted().map { ($0, .string(entries[$0]!.hex)) }))])
+        defaultPath(folder: "gemm", gpuTag: gpuTag, library: "cublasLt", version: cublasLtVersion)
     }
 
     public subscript(key: GemmKey) -> GemmAlgorithm? {
-        get { entries[key.description] }
-        set { entries[key.description] = newValue }
-    }
-
-    public func save() throws {
-        try CacheDirectory.makeDirectories(FileIO.directory(of: path))
-        try FileIO.write(Array(json.serialized.utf8), to: path)
+        get { self[key.description].flatMap(GemmAlgorithm.init(hex:)) }
+        set { self[key.description] = newValue?.hex }
     }
 }
 
@@ -400,21 +389,9 @@ public final class GemmTuner: @unchecked Sendable {
     /// power drift during tuning hits all candidates alike.
     public func trials(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, algorithms: [GemmAlgorithm],
                        repeats: Int = 10, rounds: Int = 7) -> [Trial] {
-        var usable: [GemmAlgorithm] = []
-        for a in algorithms {  // one warm-up call each; drops those that fail to run
-            if (try? plan.run(operands, stream: stream, algorithm: a)) != nil, (try? stream.synchronize()) != nil { usable.append(a) }
-        }
-        var samples = [[Double]](repeating: [], count: usable.count)
-        for round in 0..<rounds {
-            for i in round % 2 == 0 ? Array(usable.indices) : usable.indices.reversed() {
-                let a = usable[i]
-                if let ms = try? plan.time(operands, stream: stream, algorithm: a, warmup: 1, repeats: repeats, batches: 1), ms.isFinite {
-                    samples[i].append(ms)
-                }
-            }
-        }
-        return zip(usable, samples).compactMap { a, s in s.isEmpty ? nil : Trial(algorithm: a, milliseconds: median(s)) }
-            .sorted { $0.milliseconds < $1.milliseconds }
+        roundRobinTrials(algorithms, rounds: rounds, stream: stream, run: { try plan.run(operands, stream: stream, algorithm: $0) },
+                         measure: { try plan.time(operands, stream: stream, algorithm: $0, warmup: 1, repeats: repeats, batches: 1) })
+            .map { Trial(algorithm: $0.candidate, milliseconds: $0.milliseconds) }
     }
 
     /// How many screened configurations go on to the full timing.

@@ -307,9 +307,10 @@ public final class GPUSelftest {
             record("qkNormRoPE q", [1, length, width], time: time) { (down(g.q), r.q) }
             record("qkNormRoPE k", [1, length, width]) { (down(g.k), r.k) }
         }
-        // Joint attention inputs from fused projections: two streams (text, image) and one, batch 2.
-        for lengths in [[37, 64], [96]] {
-            let (heads, dim, batch) = (3, 128, 2)
+        // Joint attention inputs from fused projections: two streams (text, image) and one, batch 2; 128-wide heads take
+        // the one-pass kernel, others norm + RoPE and a row copy.
+        for (lengths, dim) in [([37, 64], 128), ([96], 128), ([40, 24], 64)] {
+            let (heads, batch) = (3, 2)
             let streams = lengths.map { length in
                 QKVStream(qkv: rng.tensor([batch, length, 3 * heads * dim], scale: 2), queryNorm: rng.tensor([dim], scale: 0.2, offset: 1),
                           keyNorm: rng.tensor([dim], scale: 0.2, offset: 1), rope: ropeTable(length: length, dim: dim))
@@ -319,9 +320,9 @@ public final class GPUSelftest {
                 QKVStream(qkv: up(s.qkv), queryNorm: up(s.queryNorm), keyNorm: up(s.keyNorm), rope: s.rope.map { RotaryTable(cos: up($0.cos), sin: up($0.sin)) })
             }, eps: 1e-6, heads: heads)
             let shape = [batch, lengths.reduce(0, +), heads * dim]
-            record("attentionInputs q (\(lengths.count) streams)", shape) { (down(g.q), r.q) }
-            record("attentionInputs k (\(lengths.count) streams)", shape) { (down(g.k), r.k) }
-            record("attentionInputs v (\(lengths.count) streams)", shape) { (down(g.v), r.v) }
+            record("attentionInputs q (\(lengths.count) streams, D \(dim))", shape) { (down(g.q), r.q) }
+            record("attentionInputs k (\(lengths.count) streams, D \(dim))", shape) { (down(g.k), r.k) }
+            record("attentionInputs v (\(lengths.count) streams, D \(dim))", shape) { (down(g.v), r.v) }
         }
     }
 

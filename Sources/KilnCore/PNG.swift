@@ -3,18 +3,6 @@
 /// The zlib stream uses stored (uncompressed) deflate blocks: always valid, simple, and fast;
 /// files are about the size of the raw pixels.
 public enum PNG {
-    /// PNG bytes of an 8-bit RGB image given as `height × width × 3` bytes, row-major.
-    public static func encode(rgb pixels: [UInt8], width: Int, height: Int) -> [UInt8] {
-        precondition(width > 0 && height > 0 && pixels.count == width * height * 3, "pixel count does not match \(width)x\(height)")
-        var raw: [UInt8] = []
-        raw.reserveCapacity(height * (1 + width * 3))
-        for row in 0..<height {
-            raw.append(0)  // filter type None
-            raw += pixels[(row * width * 3)..<((row + 1) * width * 3)]
-        }
-        return encode(filteredRows: raw, width: width, height: height)
-    }
-
     /// PNG bytes from the image data stream: each row its filter type byte (0) then its RGB bytes.
     public static func encode(filteredRows raw: [UInt8], width: Int, height: Int) -> [UInt8] {
         precondition(width > 0 && height > 0 && raw.count == height * (1 + width * 3), "row bytes do not match \(width)x\(height)")

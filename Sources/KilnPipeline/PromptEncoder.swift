@@ -13,6 +13,8 @@ public final class PromptEncoder<B: Backend> {
     let backend: B
     let cacheFolder: String?
     var encoders: TextEncoders<B>?
+    /// Whether CLIP-L and T5 are loaded (the prompt cache can answer without them).
+    public var encodersLoaded: Bool { encoders != nil }
     let modelKey: String
 
     /// Encoders of the diffusers folder `folder` (loaded on the first cache miss); `cacheFolder` nil disables the disk cache.

@@ -31,7 +31,8 @@ public final class TextToImagePipeline<B: Backend> {
     public var useGraphs = true
     /// How the last `denoise` ran its loop.
     public private(set) var lastLoop = LoopMode.eager
-    /// How the last `decode` ran the VAE decoder (graphs as for loops: eager, then captured, then replayed).
+    /// How the last `decode` or `decodeToPNGRows` ran the VAE decoder (graphs as for loops: eager, then captured, then
+    /// replayed).
     public private(set) var lastDecode = LoopMode.eager
 
     /// Eager (op by op), captured into a graph and replayed, or replayed from an earlier capture.

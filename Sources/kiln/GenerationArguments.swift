@@ -86,8 +86,8 @@ struct GenerationArguments: ParsableArguments {
 
     /// Loads the model and every input. Cheap checks come first (configs, input files, memory), then the text encoders
     /// (released before the transformer loads, so their memory never adds to its), then the weights.
-    /// `timeWarmEncoding`: with text encoders, encode the prompt a second time, uncached, and time that (the figure of
-    /// a server that keeps its encoders loaded).
+    /// `timeWarmEncoding`: where the text encoders ran (not a prompt-cache hit), encode the prompt a second time,
+    /// uncached, and time that (the figure of a server that keeps its encoders loaded).
     func prepare<B: Backend>(on backend: B, timeWarmEncoding: Bool = false) throws -> PreparedGeneration<B> {
         let options = try generationOptions()
         if promptEmbeds != nil && (prompt != nil || promptFile != nil || maxSequenceLength != nil) {
@@ -129,7 +129,7 @@ struct GenerationArguments: ParsableArguments {
                                             cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"))
             let maxLength = maxSequenceLength ?? (config.guidanceEmbed ? 512 : 256)
             embeddings = try encoder.embeddings(for: text, maxLength: maxLength, batch: batch)
-            if timeWarmEncoding {
+            if timeWarmEncoding, encoder.encodersLoaded {
                 let again = MonotonicClock.now()
                 _ = try encoder.embeddings(for: text, maxLength: maxLength, batch: batch, cached: false)
                 warmSeconds = MonotonicClock.now() - again

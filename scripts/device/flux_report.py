@@ -11,7 +11,7 @@ out = sys.argv[1]
 torch_results = json.load(open(os.path.join(out, "torch-flux.json")))
 print(f"GPU: {torch_results['gpu']}, torch {torch_results['torch']}\n")
 print("| run | step ms | from | TFLOP/s | eager step ms | step ratio | VAE ms | eager VAE ms | VAE ratio | "
-      "loop s (eager / graph) | PNG ms | image ms (setup + loop + VAE + PNG) | first image s | device GB |")
+      "loop s (eager / graph) | PNG ms | image ms (setup + loop + VAE + PNG, replayed) | first image s | device GB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sorted(glob.glob(os.path.join(out, "kiln-*.json"))):
     k = json.load(open(path))
@@ -22,5 +22,5 @@ for path in sorted(glob.glob(os.path.join(out, "kiln-*.json"))):
     print(f"| {os.path.basename(path)[5:-5]} | {k['step_median_ms']:.1f} | {k['step_source'].split(' ')[0]} | "
           f"{k['step_tflops']:.0f} | {eager_step:.1f} | {k['step_median_ms'] / eager_step:.2f} | {k['vae_decode_median_ms']:.1f} | "
           f"{eager_vae:.1f} | {k['vae_decode_median_ms'] / eager_vae:.2f} | {loop} | {k['png_median_ms']:.1f} | "
-          f"{k.get('pipeline_median_ms', float('nan')):.0f} | {k['process_start_to_first_image_s']:.1f} | "
+          f"{k.get('image_median_ms') or float('nan'):.0f} | {k['process_start_to_first_image_s']:.1f} | "
           f"{k.get('peak_device_memory_gb', k.get('device_memory_reserved_gb'))} |")

@@ -32,6 +32,14 @@ __device__ __forceinline__ unsigned short pack_e4m3x2(float lo, float hi) {
     return r;
 }
 
+/// Four floats times `r` to e4m3, the first in the low byte.
+__device__ __forceinline__ unsigned pack4_e4m3(const float *v, float r) {
+    return pack_e4m3x2(v[0] * r, v[1] * r) | ((unsigned)pack_e4m3x2(v[2] * r, v[3] * r) << 16);
+}
+
+/// Eight floats times `r` to e4m3 (one 8-byte store).
+__device__ __forceinline__ uint2 pack8_e4m3(const float *v, float r) { return make_uint2(pack4_e4m3(v, r), pack4_e4m3(v + 4, r)); }
+
 /// An e4m3 pair (`lo` in the low byte) to two floats.
 __device__ __forceinline__ void unpack_e4m3x2(unsigned short v, float &lo, float &hi) {
     unsigned h2;

@@ -1,4 +1,4 @@
-// Row normalizations over the last dimension (fp32 statistics) and per-row FP8 quantization.
+// Row normalizations over the last dimension (fp32 statistics), and FP8 quantization per row and per tensor.
 #include "kiln_common.cuh"
 
 /// Layer norm with optional affine weight/bias (null when absent).
@@ -60,9 +60,7 @@ __device__ __forceinline__ void store_row_fp8(fp8e4m3 *o, float v[ROW_CHUNKS][8]
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
         if (c8 < channels / 8) {
-            const unsigned lo = pack_e4m3x2(v[j][0] * r, v[j][1] * r) | ((unsigned)pack_e4m3x2(v[j][2] * r, v[j][3] * r) << 16);
-            const unsigned hi = pack_e4m3x2(v[j][4] * r, v[j][5] * r) | ((unsigned)pack_e4m3x2(v[j][6] * r, v[j][7] * r) << 16);
-            *reinterpret_cast<uint2 *>(o + 8 * c8) = make_uint2(lo, hi);
+            *reinterpret_cast<uint2 *>(o + 8 * c8) = pack8_e4m3(v[j], r);
         }
     }
 }
@@ -167,17 +165,12 @@ extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, c
     fp8e4m3 *o = (fp8e4m3 *)out + row * channels;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
-        if (j < per) {
-            const float *w = v[j];
-            const unsigned lo = pack_e4m3x2(w[0] * r, w[1] * r) | ((unsigned)pack_e4m3x2(w[2] * r, w[3] * r) << 16);
-            const unsigned hi = pack_e4m3x2(w[4] * r, w[5] * r) | ((unsigned)pack_e4m3x2(w[6] * r, w[7] * r) << 16);
-            *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = make_uint2(lo, hi);
-        }
+        if (j < per) *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = pack8_e4m3(v[j], r);
     }
 }
 
-/// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C]. Block of 256 threads per row,
-/// statistics in fp32.
+/// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C], for rows the warp kernel does not
+/// take: a block per row (just enough warps, at most 256 threads), statistics in fp32.
 extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *out, const bf16 *x, const bf16 *shift, const bf16 *scale,
                                                    float eps, u64 rowsPerBatch, int channels) {
     __shared__ float scratch[32];
@@ -245,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
 /// Used for activations before an FP8 GEMM and for weights (per output channel) at load. One block per row; where C is
 /// a multiple of 8, the rows are aligned and each thread's share fits ROW_CHUNKS chunks, the row is read once into
 /// registers (16-byte loads), else twice.
-extern "C" __global__ void quantize_rows_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, u64 rows, int channels) {
+extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, int channels) {
     __shared__ float scratch[32];
     const u64 row = blockIdx.x;
     const bf16 *xr = x + row * channels;
@@ -287,9 +280,7 @@ extern "C" __global__ void quantize_tensor_fp8(fp8e4m3 *out, float *descale, con
         float v[8];
         load8(x, i, n, vec, v);
         if (vec && i + KILN_CHUNK <= n) {
-            const unsigned lo = pack_e4m3x2(v[0] * r, v[1] * r) | ((unsigned)pack_e4m3x2(v[2] * r, v[3] * r) << 16);
-            const unsigned hi = pack_e4m3x2(v[4] * r, v[5] * r) | ((unsigned)pack_e4m3x2(v[6] * r, v[7] * r) << 16);
-            *reinterpret_cast<uint2 *>(out + i) = make_uint2(lo, hi);
+            *reinterpret_cast<uint2 *>(out + i) = pack8_e4m3(v, r);
         } else {
             for (int k = 0; k < KILN_CHUNK && i + k < n; k++) out[i + k] = (fp8e4m3)(pack_e4m3x2(v[k] * r, 0.f) & 0xff);
         }

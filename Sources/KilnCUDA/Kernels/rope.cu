@@ -60,15 +60,12 @@ __device__ __forceinline__ void norm_rotate4(float x[4], const bf16 *weight, uin
 
 __device__ __forceinline__ void unpack4(uint2 r, float x[4]) { x[0] = bf_lo(r.x); x[1] = bf_hi(r.x); x[2] = bf_lo(r.y); x[3] = bf_hi(r.y); }
 __device__ __forceinline__ uint2 pack4_bf16(const float x[4]) { return make_uint2(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3])); }
-__device__ __forceinline__ unsigned pack4_e4m3(const float x[4], float r) {
-    return pack_e4m3x2(x[0] * r, x[1] * r) | ((unsigned)pack_e4m3x2(x[2] * r, x[3] * r) << 16);
-}
 
 /// Joint attention inputs of one stream with 128-wide heads, in one pass: a warp per (token, head) reads that head's
 /// Q, K and V from the fused projection qkv [B, L, 3·H·128] (8 bytes per lane), norms and rotates Q and K, and writes
 /// all three into tokens outOffset ..< outOffset + L of each batch item's outLength joint tokens. With FP8 the warps
-/// loop over rows (few blocks, so few atomics): Q and K are written as e4m3 with the descales in slots[0], slots[1];
-/// V stays BF16 and its absolute maximum goes into slots[2] (as float bits) for a per-tensor quantization after.
+/// loop over rows (few blocks, so few atomics): Q and K are written as e4m3 with the descales in slots[0], slots[4];
+/// V stays BF16 and its absolute maximum goes into slots[8] (as float bits) for a per-tensor quantization after.
 template <bool FP8>
 __device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
                                                  const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
@@ -77,7 +74,7 @@ __device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, cons
     const u64 width = (u64)heads * 128;
     const bool rotate = cosTable != nullptr;
     float rq = 1.f, rk = 1.f, amax = 0.f;
-    if (FP8) { rq = 1.f / slots[0]; rk = 1.f / slots[1]; }
+    if (FP8) { rq = 1.f / slots[0]; rk = 1.f / slots[4]; }
     const unsigned warps = gridDim.x * (blockDim.x >> 5);
     for (unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += FP8 ? warps : rows) {
         const unsigned token = row / heads;
@@ -112,7 +109,7 @@ __device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, cons
         __shared__ float scratch[32];
         amax = block_max(amax, scratch);
         // Non-negative floats order as their bit patterns do.
-        if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned *>(slots + 2), __float_as_uint(amax));
+        if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned *>(slots + 8), __float_as_uint(amax));
     }
 }
 
@@ -130,8 +127,8 @@ extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, bf1
 
 /// Per-tensor FP8 descales of the joint Q and K from their norm weights (up to two streams; null for none), before
 /// any token is seen: an RMS-normed head has every |x_i| <= sqrt(D), so |q_i| <= sqrt(D) max|w| (the rotation keeps
-/// pair norms; 2% margin for bf16 rounding of the weights' products and the tables). slots: [descale Q, descale K,
-/// amax V (zeroed here), descale V]. One block of 128 threads.
+/// pair norms; 2% margin for bf16 rounding of the weights' products and the tables). slots, 16 bytes apart: descale Q,
+/// descale K, amax V (zeroed here), descale V. One block of 128 threads.
 extern "C" __global__ void attention_input_scales(float *slots, const bf16 *qWeight0, const bf16 *kWeight0,
                                                   const bf16 *qWeight1, const bf16 *kWeight1) {
     __shared__ float scratch[32];
@@ -143,7 +140,7 @@ extern "C" __global__ void attention_input_scales(float *slots, const bf16 *qWei
     const float bound = 1.02f * sqrtf(128.f) / 448.f;
     if (c == 0) {
         slots[0] = fmaxf(mq, 1e-12f) * bound;
-        slots[1] = fmaxf(mk, 1e-12f) * bound;
-        slots[2] = 0.f;
+        slots[4] = fmaxf(mk, 1e-12f) * bound;
+        slots[8] = 0.f;
     }
 }
