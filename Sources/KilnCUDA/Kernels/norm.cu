@@ -54,14 +54,21 @@ __device__ __forceinline__ bool row_in_registers(int channels, const void *x) {
     return channels % 8 == 0 && channels / 8 <= ROW_CHUNKS * (int)blockDim.x && aligned16(x);
 }
 
-/// The thread's register chunks of one row times `r`, as e4m3 (8-byte stores).
-__device__ __forceinline__ void store_row_fp8(fp8e4m3 *o, float v[ROW_CHUNKS][8], int channels, float r) {
+/// One row held in the block's registers (the thread's chunks) as e4m3 with its scale amax / 448 (8-byte stores).
+__device__ __forceinline__ void quantize_held_row(fp8e4m3 *o, float *rowScale, u64 row, float v[ROW_CHUNKS][8], int channels,
+                                                  float *scratch) {
+    float amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < ROW_CHUNKS; j++)
+        if (threadIdx.x + j * blockDim.x < channels / 8)
+#pragma unroll
+            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
+    const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f, r = 1.f / s;
+    if (threadIdx.x == 0) rowScale[row] = s;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
-        if (c8 < channels / 8) {
-            *reinterpret_cast<uint2 *>(o + 8 * c8) = pack8_e4m3(v[j], r);
-        }
+        if (c8 < channels / 8) *reinterpret_cast<uint2 *>(o + 8 * c8) = pack8_e4m3(v[j], r);
     }
 }
 
@@ -208,15 +215,7 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
     if (row_in_registers(channels, x) && ((u64)out & 7) == 0) {
         float v[ROW_CHUNKS][8];
         modulated_row(v, xr, sh, sc, channels, eps, scratch);
-        float amax = 0.f;
-#pragma unroll
-        for (int j = 0; j < ROW_CHUNKS; j++)
-            if (threadIdx.x + j * blockDim.x < channels / 8)
-#pragma unroll
-                for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
-        const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
-        if (threadIdx.x == 0) rowScale[row] = s;
-        store_row_fp8(o, v, channels, 1.f / s);
+        quantize_held_row(o, rowScale, row, v, channels, scratch);
         return;
     }
     float mean, inv;
@@ -245,19 +244,12 @@ extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *ou
     fp8e4m3 *o = out + row * channels;
     if (row_in_registers(channels, x) && ((u64)out & 7) == 0) {
         float v[ROW_CHUNKS][8];
-        float amax = 0.f;
 #pragma unroll
         for (int j = 0; j < ROW_CHUNKS; j++) {
             const int c8 = threadIdx.x + j * blockDim.x;
-            if (c8 < channels / 8) {
-                load8(xr, 8 * c8, channels, true, v[j]);
-#pragma unroll
-                for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
-            }
+            if (c8 < channels / 8) load8(xr, 8 * c8, channels, true, v[j]);
         }
-        const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
-        if (threadIdx.x == 0) rowScale[row] = s;
-        store_row_fp8(o, v, channels, 1.f / s);
+        quantize_held_row(o, rowScale, row, v, channels, scratch);
         return;
     }
     float amax = 0.f;
