@@ -48,7 +48,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
         var loopTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
         var decodeTimes: [Double] = []
         var pngTimes: [Double] = []
-        var imageTimes: [Double] = []
+        var runTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
         var firstImage = 0.0
         var profile: [OpProfile.Entry] = [], laterProfile: [OpProfile.Entry] = []
         _ = try (backend as? CUDABackend)?.profile?.report()  // drops the loading work (random weights, quantization)
@@ -79,7 +79,7 @@ struct BenchCommand: ParsableCommand, BackendJob {
             if run > 0 || runs == 0 {
                 loopTimes.append((pipeline.lastLoop, loop))
                 decodeTimes.append(pngStart - decodeStart)
-                if pipeline.lastLoop == .replayed { imageTimes.append(end - start) }
+                runTimes.append((pipeline.lastLoop, end - start))
                 pngTimes.append(end - pngStart)
             }
             runReports.append(.object([
@@ -100,6 +100,8 @@ struct BenchCommand: ParsableCommand, BackendJob {
         let (stepSource, stepSamples) = !replays.isEmpty ? ("graph replays (loop time / steps)", replays)
             : !eagerSteps.isEmpty ? ("eager steps", eagerSteps) : ("the captured run (loop time / steps, capture included)", captured)
         let stepMedian = BenchCommand.median(stepSamples)
+        let replayedRuns = runTimes.filter { $0.mode == .replayed }.map(\.seconds)
+        let imageTimes = replayedRuns.isEmpty ? runTimes.filter { $0.mode != .captured }.map(\.seconds) : replayedRuns
         let config = pipeline.transformer.config
         let (h, w) = prepared.options.latentSize
         let flops = config.stepFLOPs(imageTokens: (h / 2) * (w / 2), textTokens: prepared.prompt.sequence.shape[1])
@@ -126,7 +128,8 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("vae_decode_median_ms", .number(BenchCommand.rounded(BenchCommand.median(decodeTimes) * 1000))),
             ("png_median_ms", .number(BenchCommand.rounded(BenchCommand.median(pngTimes) * 1000))),
             ("text_encoders_warm_ms", prepared.warmTextEncodingSeconds.map { .number(BenchCommand.rounded($0 * 1000)) } ?? .null),
-            // Per image, the median run whose loop replayed a graph: setup, loop, decode, PNG (embeddings given) ...
+            // Per image, the median run whose loop replayed a graph (any later run without graphs): setup, loop, decode,
+            // PNG (embeddings given) ...
             ("image_median_ms", imageTimes.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(imageTimes) * 1000))),
             // ... and with the text encoders, where they ran (loaded, warm) before it.
             ("pipeline_median_ms", prepared.warmTextEncodingSeconds.flatMap { text in
