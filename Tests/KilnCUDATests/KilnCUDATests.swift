@@ -130,6 +130,17 @@ final class KilnCUDATests: XCTestCase {
         XCTAssertEqual(key.description, "fp8 m4608 n3072 k3072 bias+gelu")
     }
 
+    func testConvolutionChoicesSaveAndReloadPerGPUAndVersion() throws {
+        let path = "/tmp/kiln-conv-choices-\(getpid())/cudnn.json"
+        defer { unlink(path) }
+        let choices = ConvolutionChoices(path: path, gpu: "NVIDIA H100 80GB HBM3", cudnnVersion: 91400)
+        choices[config: "1x128x128x512->512 3x3/1 pad 1,1,1,1 bias"] = 3
+        try choices.save()
+        XCTAssertEqual(ConvolutionChoices(path: path, gpu: "NVIDIA H100 80GB HBM3", cudnnVersion: 91400)[config: "1x128x128x512->512 3x3/1 pad 1,1,1,1 bias"], 3)
+        XCTAssertNil(ConvolutionChoices(path: path, gpu: "NVIDIA H200", cudnnVersion: 91400)[config: "1x128x128x512->512 3x3/1 pad 1,1,1,1 bias"])
+        XCTAssertNil(ConvolutionChoices(path: path, gpu: "NVIDIA H100 80GB HBM3", cudnnVersion: 91900)[config: "1x128x128x512->512 3x3/1 pad 1,1,1,1 bias"])
+    }
+
     func testPoolSizeClasses() {
         XCTAssertEqual(DevicePool.sizeClass(1), 512)
         XCTAssertEqual(DevicePool.sizeClass(513), 1024)
