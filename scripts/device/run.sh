@@ -3,7 +3,8 @@
 # the PyTorch comparison, and a merged report; then, when KILN_STAGES names them, FLUX end to end (scripts/device/flux.sh:
 # tiny fixtures through CUDA, kiln bench at full size vs diffusers eager) and full-size parity (flux_parity.py). Run from
 # the repository root on the GPU machine (one call may hold only some stages: each call has 10 minutes); "text" checks
-# CLIP-L and T5-XXL at their real configs and the whole pipeline's memory with them (text_parity.py); "quality" makes
+# CLIP-L and T5-XXL at their real configs and the whole pipeline's memory with them (text_parity.py); "conformance" is
+# the selftest without micro-benchmarks or PyTorch (a quick check of a new binary); "quality" makes
 # the FP8 quality report (quality.py: images of FP32, BF16, torchao FP8, Kiln BF16 and FP8 on one model and noise):
 #   KILN_STAGES="selftest flux parity text" bash scripts/device/run.sh
 # It expects the statically linked release binary at .device/kiln (built on the development machine with
@@ -46,6 +47,11 @@ PYTHONUNBUFFERED=1 python3 scripts/device/bench_torch.py --json "$OUT/torch2.jso
 if [ -f "$OUT/kiln.json" ]; then
   python3 scripts/device/report.py "$OUT/kiln.json" "$OUT/torch.json" "$OUT/torch2.json" > "$OUT/results.md" && cat "$OUT/results.md"
 fi
+fi
+# Conformance alone (no micro-benchmarks, no PyTorch): the quick check of a new binary.
+if stage conformance; then
+  KILN_CUDA_LIBS=$WHEEL_LIBS $BIN selftest --gpu --no-bench --quick --json "$OUT/kiln.json" 2>&1 | tee "$OUT/selftest.txt"
+  echo "selftest rc=${PIPESTATUS[0]}"
 fi
 if stage flux; then bash scripts/device/flux.sh; fi
 if stage quality; then
