@@ -4,7 +4,7 @@
 /// files are about the size of the raw pixels.
 public enum PNG {
     /// PNG bytes from the image data stream: each row its filter type byte (0) then its RGB bytes.
-    public static func encode(filteredRows raw: [UInt8], width: Int, height: Int) -> [UInt8] {
+    public static func encode(filteredRows raw: ArraySlice<UInt8>, width: Int, height: Int) -> [UInt8] {
         precondition(width > 0 && height > 0 && raw.count == height * (1 + width * 3), "row bytes do not match \(width)x\(height)")
         var png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         var header: [UInt8] = []
@@ -45,11 +45,11 @@ public enum PNG {
             }
             count = height * (1 + width * 3)
         }
-        return encode(filteredRows: raw, width: width, height: height)
+        return encode(filteredRows: raw[...], width: width, height: height)
     }
 
 
-    static func zlibStored(_ data: [UInt8]) -> [UInt8] {
+    static func zlibStored(_ data: ArraySlice<UInt8>) -> [UInt8] {
         var out: [UInt8] = [0x78, 0x01]
         out.reserveCapacity(data.count + 5 * (data.count / 65_535 + 1) + 6)
         var offset = 0
@@ -58,7 +58,7 @@ public enum PNG {
             let final: UInt8 = offset + length == data.count ? 1 : 0
             out.append(final)
             out += [UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8((~length >> 8) & 0xFF)]
-            out += data[offset..<(offset + length)]
+            out += data[(data.startIndex + offset)..<(data.startIndex + offset + length)]
             offset += length
         } while offset < data.count
         // Adler-32, reduced every 5552 bytes (the most that cannot overflow 32 bits).

@@ -226,12 +226,12 @@ public final class TextToImagePipeline<B: Backend> {
     }
 
     /// Decodes final latents `[B, 16, h, w]` straight to PNG image data (`Backend.imageRows`: 8-bit samples made where
-    /// the image is, 3 bytes a pixel moved to the host), one array per image: what `PNG.encode(filteredRows:)` takes.
-    public func decodeToPNGRows(_ latents: HostTensor) -> (images: [[UInt8]], width: Int, height: Int, nonFinite: Int) {
+    /// the image is, 3 bytes a pixel moved to the host), one slice per image: what `PNG.encode(filteredRows:)` takes.
+    public func decodeToPNGRows(_ latents: HostTensor) -> (images: [ArraySlice<UInt8>], width: Int, height: Int, nonFinite: Int) {
         let (batch, height, width) = (latents.shape[0], 8 * latents.shape[2], 8 * latents.shape[3])
         let (rows, nonFinite) = backend.imageRows(decodeOnDevice(decoderInput(latents)))
         let size = height * (1 + 3 * width)
-        return ((0..<batch).map { Array(rows[($0 * size)..<(($0 + 1) * size)]) }, width, height, nonFinite)
+        return ((0..<batch).map { rows[($0 * size)..<(($0 + 1) * size)] }, width, height, nonFinite)
     }
 
     /// Latents unscaled and shifted for the VAE, NHWC.
