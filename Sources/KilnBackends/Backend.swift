@@ -134,9 +134,6 @@ public protocol Backend: AnyObject {
     /// `[B, ΣLᵢ, H·D]` Q, K and V in stream order, Q and K per-head RMS-normed and rotated by their stream's table.
     /// FLUX's double blocks join text and image this way; single blocks pass one stream.
     func attentionInputs(_ streams: [QKVStream<Tensor>], eps: Float, heads: Int) -> (q: Tensor, k: Tensor, v: Tensor)
-    /// `linear` whose result goes only into `.quantizableLinear` layers, so the backend may hand it over in their input
-    /// precision (on CUDA under `--precision fp8`, a GELU GEMM writes FP8 itself).
-    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, activation: Activation, feedsQuantizableLinears: Bool) -> Tensor
     /// `residual + gate · linear(x)` (`gate` `[B, out]`): an output projection with FLUX's gated residual in its epilogue.
     func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor
     /// `residual + conv2d(x)`: a resnet's second convolution with its skip connection in the epilogue.
@@ -229,10 +226,6 @@ extension Backend {
         }
         if parts.count == 1 { return parts[0] }
         return (concat(parts.map(\.q), axis: 1), concat(parts.map(\.k), axis: 1), concat(parts.map(\.v), axis: 1))
-    }
-
-    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, activation: Activation, feedsQuantizableLinears: Bool) -> Tensor {
-        linear(x, weight: weight, bias: bias, activation: activation)
     }
 
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor {

@@ -101,66 +101,6 @@ extension CUDABackend {
         }
     }
 
-    /// With FP8 operands, GELU and a result that only feeds FP8 linears, the GEMM writes e4m3 itself (`geluToFP8`).
-    public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, activation: Activation,
-                       feedsQuantizableLinears: Bool) -> CUDATensor {
-        attempt {
-            if feedsQuantizableLinears && activation == .geluTanh, let out = try geluToFP8(x, weight: weight, bias: bias) { return out }
-            return linear(x, weight: weight, bias: bias, activation: activation)
-        }
-    }
-
-    /// `gelu(x · wᵀ + b)` as FP8 e4m3 from the GEMM's epilogue, so the hidden activation is quantized where it is made and
-    /// written in one byte. Its one scale is bounded before the GEMM from x's row norms (from `layerNormModulate`) and
-    /// the layer's weight norms and bias, so nothing saturates; e4m3's 17 binades keep the relative precision of values
-    /// far below the bound. Nil where it does not apply (BF16 operands, no row norms, no cuBLASLt kernel).
-    func geluToFP8(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?) throws -> CUDATensor? {
-        guard fp8GeluOutput, x.type == .fp8, weight.type == .fp8, let norms = x.rowNorms, let xScales = x.scales else { return nil }
-        let (k, n) = (x.shape.last!, weight.shape[0])
-        precondition(weight.shape == [n, k], "linear: input \(x.shape) vs weight \(weight.shape)")
-        let m = x.count / k
-        var key = GemmKey(m: m, n: n, k: k, precision: .fp8, epilogue: bias == nil ? .gelu : .biasGelu)
-        key.outputFP8 = true
-        guard !bf16Fallbacks.contains(key) else { return nil }
-        let out = try empty(Array(x.shape.dropLast()) + [n], .fp8)
-        let dScale = try pool.allocate(4)
-        let layer = try linearBound(weight, bias: bias)
-        try launchKernel("norm", "fp8_gelu_output_scales", grid: (1, 1, 1), block: (1024, 1, 1)) {
-            $0.add(dScale.pointer); $0.add(out.scales!.pointer); $0.add(norms.pointer); $0.add(layer.pointer); $0.add(UInt64(m))
-        }
-        var operands = GemmOperands(x: x.pointer, w: weight.pointer, out: out.pointer, bias: bias?.pointer,
-                                    xScale: xScales.pointer, wScale: weight.scales!.pointer)
-        operands.dScale = dScale.pointer
-        if plans[key] == nil {
-            do {
-                _ = try plan(key, operands: operands)
-            } catch let error as CUDAError where error.status == 15 {  // CUBLAS_STATUS_NOT_SUPPORTED
-                fputs("kiln: note: no cuBLASLt kernel for \(key); the GELU output is quantized in a pass of its own\n", stderr)
-                bf16Fallbacks.insert(key)
-                return nil
-            }
-        }
-        try runGemm(key, operands)
-        withExtendedLifetime(dScale) {}
-        return out
-    }
-
-    /// The layer's part of an FP8 linear's output bound (largest dequantized weight-row norm, largest |bias|), computed
-    /// on the layer's first use and kept while its weight lives.
-    func linearBound(_ weight: CUDATensor, bias: CUDATensor?) throws -> DeviceStorage {
-        let key = LinearBoundKey(weight: weight.pointer, bias: bias?.pointer ?? 0)
-        if let known = linearBounds[key], known.weight === weight.storage, known.bias === bias?.storage { return known.bound }
-        let (rows, columns) = (weight.shape[0], weight.shape[1])
-        precondition(columns % 2 == 0, "linearBound: odd row length \(columns)")
-        let bound = try pool.allocate(8)
-        try DeviceCopy.fill16(bound.pointer, value: 0, count: 4, stream: stream)
-        try launchKernel("norm", "fp8_linear_bound", grid: (rows, 1, 1), block: (256, 1, 1)) {
-            $0.add(bound.pointer); $0.add(weight.pointer); $0.add(weight.scales!.pointer); $0.add(nullable(bias)); $0.add(Int32(columns))
-        }
-        linearBounds[key] = LinearBound(weight: weight.storage, bias: bias?.storage, bound: bound)
-        return bound
-    }
-
     /// With FP8 weights and one gate row the whole expression is one GEMM: the gate scales the weight's per-channel
     /// scales and the bias, and the residual comes in as C (`beta = 1`); otherwise the GEMM and a gated-residual pass.
     public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, gate: CUDATensor, residual: CUDATensor) -> CUDATensor {
@@ -341,22 +281,4 @@ extension CUDABackend {
     }
 
     public var cudnnError: String? { cudnnState?.error }
-}
-
-/// Where a linear layer's weight and bias live.
-struct LinearBoundKey: Hashable {
-    let weight: CUdeviceptr
-    let bias: CUdeviceptr
-}
-
-/// A linear layer's output bound, with the storages it was computed from (weak: a later layer at the same addresses
-/// is a different layer).
-final class LinearBound {
-    weak var weight: DeviceStorage?
-    weak var bias: DeviceStorage?
-    let bound: DeviceStorage
-
-    init(weight: DeviceStorage, bias: DeviceStorage?, bound: DeviceStorage) {
-        (self.weight, self.bias, self.bound) = (weight, bias, bound)
-    }
 }

@@ -207,15 +207,12 @@ extension CUDABackend {
         }
     }
 
-    /// `layerNormModulate` emitting FP8 e4m3 with per-row scales, to feed an FP8 linear directly; with bounds of the rows'
-    /// norms where the warp kernel runs (C a multiple of 256, as FLUX's 3072), for GEMMs that write FP8 (`geluToFP8`).
+    /// `layerNormModulate` emitting FP8 e4m3 with per-row scales, to feed an FP8 linear directly.
     public func layerNormModulateFP8(_ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float) throws -> CUDATensor {
         requireBF16(x, shift, scale, op: "layerNormModulateFP8")
         let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
-        var out = try empty(x.shape, .fp8)
-        out.rowNorms = try pool.allocate(x.count / channels * 4)
+        let out = try empty(x.shape, .fp8)
         if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps, rowsPerBatch: rows) { return out }
-        out.rowNorms = nil
         try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256), shared: channels * 4) {
             $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
             $0.add(UInt64(rows)); $0.add(Int32(channels))
@@ -234,8 +231,7 @@ extension CUDABackend {
         }
         let rows = x.count / channels
         try launchKernel("norm", "layernorm_modulate_warp", grid: ((rows + 3) / 4, 1, 1), block: (128, 1, 1)) {
-            $0.add(out.pointer); $0.add(out.type == .fp8 ? out.scales!.pointer : 0); $0.add(out.rowNorms?.pointer ?? 0)
-            $0.add(x.pointer); $0.add(shift.pointer)
+            $0.add(out.pointer); $0.add(out.type == .fp8 ? out.scales!.pointer : 0); $0.add(x.pointer); $0.add(shift.pointer)
             $0.add(scale.pointer); $0.add(eps); $0.add(UInt64(rows)); $0.add(UInt64(rowsPerBatch)); $0.add(Int32(channels))
         }
         return true

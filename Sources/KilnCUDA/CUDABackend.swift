@@ -37,12 +37,8 @@ public final class CUDABackend: Backend {
     var plans: [GemmKey: GemmPlan] = [:]
     /// Seconds spent compiling or loading kernels, per family.
     public private(set) var kernelLoadSeconds: [String: Double] = [:]
-    /// FP8 GEMM shapes that run in BF16 (no cuBLASLt FP8 kernel), and FP8-output ones that write BF16 instead.
+    /// FP8 GEMM shapes that run in BF16 (no cuBLASLt FP8 kernel).
     var bf16Fallbacks: Set<GemmKey> = []
-    /// Whether GELU GEMMs that feed FP8 linears write FP8 themselves (`KILN_FP8_HIDDEN=0` turns it off).
-    public var fp8GeluOutput = FileIO.environment("KILN_FP8_HIDDEN") != "0"
-    /// Per FP8 linear layer, the layer's part of its output bound (`fp8_linear_bound`), computed on first use.
-    var linearBounds: [LinearBoundKey: LinearBound] = [:]
     /// Per-op device times of eager work (`KILN_PROFILE=1`).
     public let profile: OpProfile? = FileIO.environment("KILN_PROFILE") == "1" ? OpProfile() : nil
 

@@ -126,9 +126,6 @@ public struct CUDATensor {
     /// `perTensorScale` (FP8 attention inputs).
     public let scales: DeviceStorage?
     public var perTensorScale = false
-    /// FP8 from `layerNormModulate`: per row, an upper bound of the L2 norm of the dequantized row, so that a GEMM on
-    /// it can bound its outputs before computing them (an FP8 output scale).
-    public var rowNorms: DeviceStorage? = nil
 
     public var pointer: CUdeviceptr { storage.pointer + CUdeviceptr(offset) }
     public var count: Int { shape.reduce(1, *) }

@@ -36,8 +36,6 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
     public var strideX = 0, strideW = 0, strideOut = 0
     /// fp32 output instead of BF16 (attention scores).
     public var outputF32 = false
-    /// FP8 e4m3 output (FP8 GEMMs): D is multiplied by `GemmOperands.dScale` and rounded to e4m3.
-    public var outputFP8 = false
     /// `Y = X · Wᵀ … + C`: the result added to an existing matrix (a residual), `GemmOperands.accumulator`.
     public var accumulate = false
     /// Bytes every operand pointer is aligned to (cuBLASLt assumes 256 unless told; per-head pointers into a wider
@@ -57,7 +55,6 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
         var text = "\(precision.rawValue) m\(m) n\(n) k\(k) \(epilogue.rawValue)"
         if strideX > 0 || strideW > 0 || strideOut > 0 { text += " ld \(ldX),\(ldW),\(ldOut)" }
         if outputF32 { text += " f32" }
-        if outputFP8 { text += " fp8out" }
         if accumulate { text += " +C" }
         if alignment < 256 { text += " align\(alignment)" }
         return text
@@ -144,8 +141,6 @@ public struct GemmOperands {
     public var wScale: CUdeviceptr?
     /// C of an accumulating GEMM (laid out like the output).
     public var accumulator: CUdeviceptr?
-    /// FP8 output: the fp32 scale D is multiplied by before rounding to e4m3.
-    public var dScale: CUdeviceptr?
 
     public init(x: CUdeviceptr, w: CUdeviceptr, out: CUdeviceptr, bias: CUdeviceptr? = nil,
                 xScale: CUdeviceptr? = nil, wScale: CUdeviceptr? = nil) {
@@ -165,8 +160,6 @@ public final class GemmPlan: @unchecked Sendable {
     let layoutA: cublasLtMatrixLayout_t
     let layoutB: cublasLtMatrixLayout_t
     let layoutD: cublasLtMatrixLayout_t
-    /// C's layout: D's, except under FP8 output, where C stays BF16.
-    let layoutC: cublasLtMatrixLayout_t
     public var algorithm: GemmAlgorithm?
     /// How the algorithm was chosen ("heuristic", "autotuned", "cache").
     public var source = "heuristic"
@@ -203,11 +196,7 @@ public final class GemmPlan: @unchecked Sendable {
         if key.epilogue.hasBias { try set(Int(KC_CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), Int32(KC_CUDA_R_16BF)) }
         layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.ldW)
         layoutB = try GemmPlan.layout(inputType, key.k, key.m, key.ldX)
-        precondition(!key.outputFP8 || key.precision == .fp8, "GEMM \(key): FP8 output needs FP8 operands")
-        let outputType = key.outputF32 ? Int32(KC_CUDA_R_32F) : key.outputFP8 ? Int32(KC_CUDA_R_8F_E4M3) : Int32(KC_CUDA_R_16BF)
-        layoutD = try GemmPlan.layout(outputType, key.n, key.m, key.ldOut)
-        layoutC = key.outputFP8 ? try GemmPlan.layout(Int32(KC_CUDA_R_16BF), key.n, key.m, key.ldOut) : layoutD
-        if key.outputFP8 { try set(Int(KC_CUBLASLT_MATMUL_DESC_D_SCALE_POINTER), UInt64(lt.workspace.pointer)) }
+        layoutD = try GemmPlan.layout(key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF), key.n, key.m, key.ldOut)
     }
 
     static func layout(_ type: Int32, _ rows: Int, _ cols: Int, _ ld: Int) throws -> cublasLtMatrixLayout_t {
@@ -220,7 +209,6 @@ public final class GemmPlan: @unchecked Sendable {
         _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutA)
         _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutB)
         _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutD)
-        if key.outputFP8 { _ = kc_lt.cublasLtMatrixLayoutDestroy?(layoutC) }
         _ = kc_lt.cublasLtMatmulDescDestroy?(desc)
     }
 
@@ -242,7 +230,7 @@ public final class GemmPlan: @unchecked Sendable {
         }
         var results = [kc_cublasLtMatmulHeuristicResult_t](repeating: kc_cublasLtMatmulHeuristicResult_t(), count: count)
         var returned: Int32 = 0
-        try checkLt(kc_lt.cublasLtMatmulAlgoGetHeuristic!(lt.handle, desc, layoutA, layoutB, layoutC, layoutD, pref,
+        try checkLt(kc_lt.cublasLtMatmulAlgoGetHeuristic!(lt.handle, desc, layoutA, layoutB, layoutD, layoutD, pref,
                                                           Int32(count), &results, &returned),
                     "cublasLtMatmulAlgoGetHeuristic(\(key))")
         guard returned > 0 else { throw CUDAError(call: "cublasLtMatmulAlgoGetHeuristic(\(key))", status: 15, text: "no algorithm") }
@@ -254,17 +242,16 @@ public final class GemmPlan: @unchecked Sendable {
     /// filtered by `cublasLtMatmulAlgoCheck` and the workspace limit. At most `limit`.
     public func enumerateAll(limit: Int = 4000) throws -> [GemmAlgorithm] {
         let input = key.precision == .fp8 ? Int32(KC_CUDA_R_8F_E4M3) : Int32(KC_CUDA_R_16BF)
-        let output = key.outputF32 ? Int32(KC_CUDA_R_32F) : key.outputFP8 ? Int32(KC_CUDA_R_8F_E4M3) : Int32(KC_CUDA_R_16BF)
-        let cType = key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF)
+        let output = key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF)
         let compute = Int32(KC_CUBLAS_COMPUTE_32F), scale = Int32(KC_CUDA_R_32F)
         var ids = [Int32](repeating: 0, count: 256)
         var count: Int32 = 0
-        try checkLt(kc_lt.cublasLtMatmulAlgoGetIds!(lt.handle, compute, scale, input, input, cType, output, Int32(ids.count), &ids, &count),
+        try checkLt(kc_lt.cublasLtMatmulAlgoGetIds!(lt.handle, compute, scale, input, input, output, output, Int32(ids.count), &ids, &count),
                     "cublasLtMatmulAlgoGetIds")
         var found: [GemmAlgorithm] = []
         for id in ids.prefix(Int(count)) {
             var base = kc_cublasLtMatmulAlgo_t()
-            guard kc_lt.cublasLtMatmulAlgoInit!(lt.handle, compute, scale, input, input, cType, output, id, &base) == 0 else { continue }
+            guard kc_lt.cublasLtMatmulAlgoInit!(lt.handle, compute, scale, input, input, output, output, id, &base) == 0 else { continue }
             func capList(_ attribute: Int32) -> [UInt32] {
                 var written = 0
                 guard kc_lt.cublasLtMatmulAlgoCapGetAttribute!(&base, attribute, nil, 0, &written) == 0, written > 0 else { return [] }
@@ -283,7 +270,7 @@ public final class GemmPlan: @unchecked Sendable {
                     _ = kc_lt.cublasLtMatmulAlgoConfigSetAttribute!(&algo, Int32(KC_CUBLASLT_ALGO_CONFIG_TILE_ID), &t, 4)
                     _ = kc_lt.cublasLtMatmulAlgoConfigSetAttribute!(&algo, Int32(KC_CUBLASLT_ALGO_CONFIG_STAGES_ID), &st, 4)
                     var result = kc_cublasLtMatmulHeuristicResult_t()
-                    guard kc_lt.cublasLtMatmulAlgoCheck!(lt.handle, desc, layoutA, layoutB, layoutC, layoutD, &algo, &result) == 0,
+                    guard kc_lt.cublasLtMatmulAlgoCheck!(lt.handle, desc, layoutA, layoutB, layoutD, layoutD, &algo, &result) == 0,
                           result.workspaceSize <= CuBLASLt.workspaceBytes else { continue }
                     found.append(GemmAlgorithm(algo))
                     if found.count >= limit { return found }
@@ -309,16 +296,12 @@ public final class GemmPlan: @unchecked Sendable {
             try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_A_SCALE_POINTER), ws)
             try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_POINTER), xs)
         }
-        if key.outputFP8 {
-            guard let ds = operands.dScale else { throw KilnError.invalidArgument("GEMM \(key) needs D's scale") }
-            try setPointer(Int(KC_CUBLASLT_MATMUL_DESC_D_SCALE_POINTER), ds)
-        }
         if key.accumulate && operands.accumulator == nil { throw KilnError.invalidArgument("GEMM \(key) needs C") }
         var algo = (override ?? algorithm)!.raw
         var alpha: Float = 1, beta: Float = key.accumulate ? 1 : 0
         try checkLt(kc_lt.cublasLtMatmul!(lt.handle, desc, &alpha, UnsafeRawPointer(bitPattern: UInt(operands.w)), layoutA,
                                           UnsafeRawPointer(bitPattern: UInt(operands.x)), layoutB, &beta,
-                                          UnsafeRawPointer(bitPattern: UInt(operands.accumulator ?? operands.out)), layoutC,
+                                          UnsafeRawPointer(bitPattern: UInt(operands.accumulator ?? operands.out)), layoutD,
                                           UnsafeMutableRawPointer(bitPattern: UInt(operands.out)), layoutD, &algo,
                                           UnsafeMutableRawPointer(bitPattern: UInt(lt.workspace.pointer)), CuBLASLt.workspaceBytes,
                                           stream.handle),

@@ -146,10 +146,9 @@ __device__ __forceinline__ void warp_modulated_row(float v[WARP_ROW_CHUNKS][8], 
 }
 
 /// adaLN with one warp per row, for C a multiple of 256 up to 256 x WARP_ROW_CHUNKS and 16-byte aligned rows; BF16 out,
-/// or (`rowScale` non-null) FP8 e4m3 with one fp32 scale per row, and (`rowNorm` non-null) a bound of each quantized
-/// row's L2 norm: e4m3 rounding moves a normal value by at most 2^-4 of itself and a subnormal one by 2^-10 x scale.
-extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, float *rowNorm, const bf16 *x, const bf16 *shift,
-                                                   const bf16 *scale, float eps, u64 rows, u64 rowsPerBatch, int channels) {
+/// or (`rowScale` non-null) FP8 e4m3 with one fp32 scale per row.
+extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, const bf16 *x, const bf16 *shift, const bf16 *scale,
+                                                   float eps, u64 rows, u64 rowsPerBatch, int channels) {
     const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
     const int lane = threadIdx.x & 31, per = channels / 256;
@@ -170,16 +169,6 @@ extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, f
             for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
     const float s = fmaxf(warp_max(amax), 1e-12f) / 448.f, r = 1.f / s;
     if (lane == 0) rowScale[row] = s;
-    if (rowNorm) {
-        float sq = 0.f;
-#pragma unroll
-        for (int j = 0; j < WARP_ROW_CHUNKS; j++)
-            if (j < per)
-#pragma unroll
-                for (int k = 0; k < 8; k++) sq += v[j][k] * v[j][k];
-        sq = warp_sum(sq);
-        if (lane == 0) rowNorm[row] = sqrtf(sq) * 1.0625f + sqrtf((float)channels) * s * (1.f / 1024.f);
-    }
     fp8e4m3 *o = (fp8e4m3 *)out + row * channels;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
@@ -301,39 +290,4 @@ extern "C" __global__ void dequantize_rows_fp8(bf16 *out, const fp8e4m3 *codes, 
         const float s = rowScale[row];
         *reinterpret_cast<unsigned *>(out + 2 * i) = pack_bf16x2(lo * s, hi * s);
     }
-}
-
-/// The layer's part of a bound on an FP8 linear's outputs: bound[0] = the largest L2 norm of a dequantized weight row,
-/// bound[1] = the largest |bias|. `bound` must hold zeros: non-negative floats order as their bit patterns do, so the
-/// maxima are integer atomics. One block per weight row; even row lengths.
-extern "C" __global__ void fp8_linear_bound(float *bound, const fp8e4m3 *w, const float *rowScale, const bf16 *bias, int columns) {
-    __shared__ float scratch[32];
-    const u64 row = blockIdx.x;
-    const fp8e4m3 *r = w + row * columns;
-    float sq = 0.f;
-    for (int c = 2 * threadIdx.x; c + 1 < columns; c += 2 * blockDim.x) {
-        float lo, hi;
-        unpack_e4m3x2(*reinterpret_cast<const unsigned short *>(r + c), lo, hi);
-        sq += lo * lo + hi * hi;
-    }
-    sq = block_sum(sq, scratch);
-    if (threadIdx.x == 0) {
-        atomicMax(reinterpret_cast<int *>(bound), __float_as_int(sqrtf(sq) * rowScale[row]));
-        if (bias) atomicMax(reinterpret_cast<int *>(bound) + 1, __float_as_int(fabsf(bf2f(bias[row]))));
-    }
-}
-
-/// Scales of a GELU GEMM's FP8 output, bounded before the GEMM runs: |x_i . w_j + b_j| <= |x_i| |w_j| + |b_j|
-/// (Cauchy-Schwarz) and GELU's output lies in [-0.17, max(0, y)], so A = max(0.171, max|x_i| max|w_j| + max|b|) bounds
-/// every output; 1% on top covers the GEMM's accumulation rounding. Writes D's scale 448 / A (cuBLASLt multiplies D by
-/// it before rounding to e4m3) and A / 448 as every output row's descale. One block.
-extern "C" __global__ void __launch_bounds__(1024) fp8_gelu_output_scales(float *dScale, float *rowScale, const float *rowNorm,
-                                                                          const float *bound, u64 rows) {
-    __shared__ float scratch[32];
-    float m = 0.f;
-    for (u64 i = threadIdx.x; i < rows; i += blockDim.x) m = fmaxf(m, rowNorm[i]);
-    m = block_max(m, scratch);
-    const float a = fmaxf(0.171f, m * bound[0] + bound[1]) * 1.01f;
-    if (threadIdx.x == 0) *dScale = 448.f / a;
-    for (u64 i = threadIdx.x; i < rows; i += blockDim.x) rowScale[i] = a / 448.f;
 }
