@@ -105,6 +105,10 @@ public protocol Backend: AnyObject {
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding) -> Tensor
     /// Nearest-neighbour 2x upsampling of NHWC.
     func upsampleNearest2x(_ x: Tensor) -> Tensor
+    /// `conv2d(upsampleNearest2x(x))` with a 3x3 `weight` loaded as `.upsamplingConvolution`, stride 1, padding 1 (the
+    /// VAE decoder's upsamplers). A backend may work on the low-resolution input: each output pixel sees only 2x2
+    /// input pixels, so the convolution needs 4 / 9 of the products.
+    func upsampledConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor
     /// Decoded images `[B, H, W, 3]` in [-1, 1] as PNG image data on the host: per image and row a filter byte (0),
     /// then the row's samples `PNG.byte(x / 2 + 0.5)`; also how many values were not finite (written as 0).
     func imageRows(_ x: Tensor) -> (rows: [UInt8], nonFinite: Int)
@@ -167,6 +171,8 @@ public enum WeightRole: Sendable {
     case quantizableLinear
     /// A convolution kernel `[O, kh, kw, I]`.
     case convolution
+    /// A 3x3 convolution kernel `[O, 3, 3, I]` for `upsampledConv2d`; backends may store it in another form.
+    case upsamplingConvolution
     /// Anything else: biases, norm weights, embeddings.
     case vector
 }
@@ -230,6 +236,10 @@ extension Backend {
 
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor {
         gatedResidual(residual, gate: gate, linear(x, weight: weight, bias: bias))
+    }
+
+    public func upsampledConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        conv2d(upsampleNearest2x(x), weight: weight, bias: bias, stride: 1, padding: .uniform(1))
     }
 
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor {

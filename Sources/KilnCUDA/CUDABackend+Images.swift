@@ -153,6 +153,38 @@ extension CUDABackend {
         }
     }
 
+    /// One convolution with four 2x2 kernels (one per output pixel parity) on the low-resolution input, padded by one
+    /// on each side, then a kernel that interleaves the four results into the upsampled image and adds the bias: 4 / 9
+    /// of the direct form's products, and no upsampled copy of the input.
+    public func upsampledConv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?) -> CUDATensor {
+        attempt {
+            requireBF16(x, weight, op: "upsampledConv2d")
+            let (batch, height, width, inC) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let outC = weight.shape[0] / 4
+            precondition(weight.shape == [4 * outC, 2, 2, inC], "upsampledConv2d: weight \(weight.shape) for input \(x.shape) "
+                         + "(load it as .upsamplingConvolution)")
+            if let bias { requireBF16(bias, op: "upsampledConv2d bias"); precondition(bias.count == outC, "upsampledConv2d: bias \(bias.shape)") }
+            let phases = convolution(x, weight: weight, bias: nil, stride: 1, padding: .uniform(1), residual: nil)
+            let out = try empty([batch, 2 * height, 2 * width, outC])
+            try launchKernel("elementwise", "subpixel_shuffle_bf16", grid: chunkGrid(out.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(phases.pointer); $0.add(nullable(bias)); $0.add(Int32(height)); $0.add(Int32(width))
+                $0.add(Int32(outC)); $0.add(UInt64(out.count))
+            }
+            return out
+        }
+    }
+
+    /// A 3x3 kernel `[O, 3, 3, I]` as the four 2x2 kernels `[4·O, 2, 2, I]` of `upsampledConv2d`.
+    func subpixelWeights(_ w: CUDATensor) throws -> CUDATensor {
+        precondition(w.shape.count == 4 && w.shape[1] == 3 && w.shape[2] == 3, "upsampling convolution weight \(w.shape) is not 3x3")
+        let (outC, inC) = (w.shape[0], w.shape[3])
+        let out = try empty([4 * outC, 2, 2, inC])
+        try launchKernel("elementwise", "subpixel_weights_bf16", grid: elementwiseGrid(out.count), block: (256, 1, 1)) {
+            $0.add(out.pointer); $0.add(w.pointer); $0.add(Int32(outC)); $0.add(Int32(inC)); $0.add(UInt64(out.count))
+        }
+        return out
+    }
+
     public func upsampleNearest2x(_ x: CUDATensor) -> CUDATensor {
         attempt {
             requireBF16(x, op: "upsample")

@@ -180,6 +180,7 @@ public final class CUDABackend: Backend {
         attempt {
             let t = try upload(host)
             if role == .quantizableLinear && linearPrecision == .fp8 { return try quantizeRows(t) }
+            if role == .upsamplingConvolution { return try subpixelWeights(t) }
             return t
         }
     }

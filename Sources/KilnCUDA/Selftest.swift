@@ -541,6 +541,22 @@ public final class GPUSelftest {
         }
         let x = rng.tensor([1, 32, 32, 128])
         record("upsampleNearest2x", x.shape) { (down(gpu.upsampleNearest2x(up(x))), cpu.upsampleNearest2x(x)) }
+        // Upsample + 3x3 convolution as four 2x2 parity kernels on the small input: against the CPU's direct form, then
+        // the VAE's largest upsampler timed next to the direct form on the GPU.
+        for (shape, out) in [([2, 12, 20, 16], 24), ([1, 24, 16, 40], 4)] {
+            let x = rng.tensor(shape), w = rng.tensor([out, 3, 3, shape[3]], scale: 0.1), b = rng.tensor([out])
+            record("upsampledConv2d", shape + [out]) {
+                (down(gpu.upsampledConv2d(up(x), weight: gpu.weight(w, role: .upsamplingConvolution), bias: up(b))),
+                 cpu.conv2d(cpu.upsampleNearest2x(x), weight: w, bias: b, stride: 1, padding: .uniform(1)))
+            }
+        }
+        let big = up(rng.tensor([1, 512, 512, 256])), w = rng.tensor([256, 3, 3, 256], scale: 1 / Float(9 * 256).squareRoot())
+        let (direct, phases, b) = (gpu.weight(w, role: .convolution), gpu.weight(w, role: .upsamplingConvolution), up(rng.tensor([256])))
+        let directForm = { self.gpu.conv2d(self.gpu.upsampleNearest2x(big), weight: direct, bias: b, stride: 1, padding: .uniform(1)) }
+        record("upsampledConv2d VAE", [1, 512, 512, 256, 256], time: { _ = self.gpu.upsampledConv2d(big, weight: phases, bias: b) }) {
+            (down(gpu.upsampledConv2d(big, weight: phases, bias: b)), down(directForm()))
+        }
+        rows[rows.count - 1].note = "vs upsample + conv2d on the GPU, " + ((try? measure { _ = directForm() }).map { "\(format($0, 3)) ms" } ?? "?")
     }
 
     /// A CUDA graph of norm → linear → attention → gated residual and a convolution (cuBLASLt, NVRTC kernels and

@@ -57,6 +57,16 @@ public struct Conv2d<B: Backend> {
     }
 }
 
+/// Nearest 2x upsampling followed by a 3x3 convolution (padding 1), computed as one op (`Backend.upsampledConv2d`).
+public struct UpsamplingConv2d<B: Backend> {
+    public let weight: B.Tensor
+    public let bias: B.Tensor?
+
+    public func callAsFunction(_ x: B.Tensor, _ backend: B) -> B.Tensor {
+        backend.upsampledConv2d(x, weight: weight, bias: bias)
+    }
+}
+
 /// Affine parameters of a layer or group norm.
 public struct NormWeights<B: Backend> {
     public let weight: B.Tensor
@@ -113,6 +123,14 @@ public struct WeightLoader<B: Backend> {
         let oihw = try scope.host("weight", shape: [outputs, inputs, kernel, kernel])
         return Conv2d(weight: backend.weight(oihw.permuted([0, 2, 3, 1]), role: .convolution),
                       bias: try scope.vector("bias", count: outputs), stride: stride, padding: padding)
+    }
+
+    /// A 3x3 convolution of `channels` that runs on nearest-2x-upsampled input.
+    public func upsamplingConv(_ name: String, channels: Int) throws -> UpsamplingConv2d<B> {
+        let scope = scoped(name)
+        let oihw = try scope.host("weight", shape: [channels, channels, 3, 3])
+        return UpsamplingConv2d(weight: backend.weight(oihw.permuted([0, 2, 3, 1]), role: .upsamplingConvolution),
+                                bias: try scope.vector("bias", count: channels))
     }
 
     /// Affine weights of a norm over `channels`.

@@ -174,6 +174,51 @@ extern "C" __global__ void upsample_nearest2x_bf16(bf16 *out, const bf16 *x, int
     }
 }
 
+/// A 3x3 kernel [O, 3, 3, I] that follows nearest 2x upsampling, as four 2x2 kernels on the low-resolution input,
+/// out [4 O, 2, 2, I] with output channel (2a + b) O + o for output pixel parity (a, b). Upsampled rows 2i + a - 1 + ky
+/// are input rows i + floor((a + ky - 1) / 2): parity 0 takes tap 0 from row i - 1 and taps 1, 2 from row i; parity 1
+/// taps 0, 1 from row i and tap 2 from row i + 1; so 2x2 tap t sums 3x3 taps t == 0 ? [0, a] : [1 + a, 2]. Columns alike.
+extern "C" __global__ void subpixel_weights_bf16(bf16 *out, const bf16 *w, int outChannels, int inChannels, u64 n) {
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
+        unsigned c, tx, ty, o;
+        u64 rest = divmod(e, inChannels, c);
+        rest = divmod(rest, 2, tx);
+        rest = divmod(rest, 2, ty);
+        const unsigned phase = (unsigned)divmod(rest, outChannels, o), a = phase >> 1, b = phase & 1;
+        float sum = 0.f;
+        for (unsigned ky = ty == 0 ? 0 : 1 + a; ky <= (ty == 0 ? a : 2); ky++)
+            for (unsigned kx = tx == 0 ? 0 : 1 + b; kx <= (tx == 0 ? b : 2); kx++)
+                sum += bf2f(w[(((u64)o * 3 + ky) * 3 + kx) * inChannels + c]);
+        out[e] = f2bf(sum);
+    }
+}
+
+/// The upsampled convolution's output from the four parity convolutions: y [B, H + 1, W + 1, 4 C] (2x2 kernels,
+/// padding 1, channel (2a + b) C + c) to out [B, 2H, 2W, C]: pixel (2i + a, 2j + b) is y's pixel (i + a, j + b), plus bias.
+extern "C" __global__ void subpixel_shuffle_bf16(bf16 *out, const bf16 *y, const bf16 *bias, int height, int width, int channels, u64 n) {
+    const bool vec = aligned16(out) && aligned16(y) && channels % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        for (int k = 0; k < (vec ? 1 : 8) && i + k < n; k++) {
+            unsigned c, q, p;
+            const u64 row = divmod(i + k, channels, c);
+            const u64 image = divmod(divmod(row, 2 * width, q), 2 * height, p);
+            const unsigned a = p & 1, b = q & 1;
+            const u64 from = ((image * (height + 1) + (p >> 1) + a) * (width + 1) + (q >> 1) + b) * 4ull * channels + (2 * a + b) * channels + c;
+            if (vec) {
+                float v[8];
+                load8(y, from, from + 8, true, v);
+                if (bias) {
+#pragma unroll
+                    for (int j = 0; j < 8; j++) v[j] += bf2f(bias[c + j]);
+                }
+                store8(out, i, n, true, v);
+            } else {
+                out[i + k] = f2bf(bf2f(y[from]) + (bias ? bf2f(bias[c]) : 0.f));
+            }
+        }
+    }
+}
+
 /// im2col for NHWC convolution: out [B*oH*oW, kh*kw*C] with zero padding.
 extern "C" __global__ void im2col_nhwc_bf16(bf16 *out, const bf16 *x, int height, int width, int channels, int kh, int kw,
                                             int stride, int padTop, int padLeft, int outH, int outW, u64 n) {

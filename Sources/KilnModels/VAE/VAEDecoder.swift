@@ -5,7 +5,7 @@ public struct VAEDecoder<B: Backend> {
     let config: AutoencoderConfig
     let convIn: Conv2d<B>
     let middle: MiddleBlock<B>
-    let upBlocks: [(resnets: [ResnetBlock<B>], upsample: Conv2d<B>?)]
+    let upBlocks: [(resnets: [ResnetBlock<B>], upsample: UpsamplingConv2d<B>?)]
     let normOut: NormWeights<B>
     let convOut: Conv2d<B>
 
@@ -16,15 +16,14 @@ public struct VAEDecoder<B: Backend> {
         let g = config.groups
         convIn = try loader.conv("conv_in", in: config.latentChannels, out: channels[0], kernel: 3, padding: .uniform(1))
         middle = try MiddleBlock(loader.scoped("mid_block"), channels: channels[0], groups: g)
-        var blocks: [(resnets: [ResnetBlock<B>], upsample: Conv2d<B>?)] = []
+        var blocks: [(resnets: [ResnetBlock<B>], upsample: UpsamplingConv2d<B>?)] = []
         var previous = channels[0]
         for (i, output) in channels.enumerated() {
             let block = loader.scoped("up_blocks.\(i)")
             let resnets = try (0...config.layersPerBlock).map { j in
                 try ResnetBlock(block.scoped("resnets.\(j)"), in: j == 0 ? previous : output, out: output, groups: g)
             }
-            let upsample = i == channels.count - 1 ? nil
-                : try block.conv("upsamplers.0.conv", in: output, out: output, kernel: 3, padding: .uniform(1))
+            let upsample = i == channels.count - 1 ? nil : try block.upsamplingConv("upsamplers.0.conv", channels: output)
             blocks.append((resnets, upsample))
             previous = output
         }
@@ -37,7 +36,7 @@ public struct VAEDecoder<B: Backend> {
         var x = middle(convIn(z, backend), backend)
         for block in upBlocks {
             for resnet in block.resnets { x = resnet(x, backend) }
-            if let upsample = block.upsample { x = upsample(backend.upsampleNearest2x(x), backend) }
+            if let upsample = block.upsample { x = upsample(x, backend) }
         }
         x = backend.groupNorm(x, groups: config.groups, weight: normOut.weight, bias: normOut.bias, eps: 1e-6, silu: true)
         return convOut(x, backend)
