@@ -3,7 +3,7 @@
 transformers on the GPU machine: FP32 is the reference, transformers BF16 and Kiln (CUDA, BF16) are compared to it on
 the prompt embeddings FluxPipeline would use (`kiln encode --device cuda`). Kiln reads the saved folders with the committed tiny tokenizers
 (fixtures/text: CLIP's real 49408-token BPE; a small T5 unigram model whose ids all lie inside T5's 32128).
-Then `kiln bench` runs the whole dev pipeline at 1024x1024 with these encoders, for the peak device memory.
+Then `kiln bench` runs the whole dev and schnell pipelines at 1024x1024 with these encoders (times, peak device memory).
 
     python3 scripts/device/text_parity.py --kiln .device-flux/kiln --work /tmp/text --json OUT.json
 """
@@ -108,10 +108,14 @@ def main():
                                            "t5": rel(kiln["prompt_embeds"], outputs[torch.bfloat16][1])}
     print(json.dumps(result, indent=1), flush=True)
 
-    bench = os.path.join(folder, "bench.json")
-    subprocess.run([args.kiln, "bench", "--device", "cuda", "--random-weights", "dev", "--text-encoders", folder, "--prompt", PROMPT,
-                    "--no-prompt-cache", "--width", "1024", "--height", "1024", "--steps", "28", "--runs", "2", "--json", bench], check=True)
-    result["pipeline_with_text_encoders"] = json.load(open(bench))
+    # The whole pipelines with these encoders (prompt encoded on every image): dev 28 steps (and its peak device
+    # memory), schnell 4 steps at its 256 T5 tokens.
+    for variant, steps, key in [("dev", 28, "pipeline_with_text_encoders"), ("schnell", 4, "schnell_pipeline_with_text_encoders")]:
+        bench = os.path.join(folder, f"bench-{variant}.json")
+        subprocess.run([args.kiln, "bench", "--device", "cuda", "--random-weights", variant, "--text-encoders", folder, "--prompt", PROMPT,
+                        "--no-prompt-cache", "--width", "1024", "--height", "1024", "--steps", str(steps), "--runs", "3", "--json", bench],
+                       check=True)
+        result[key] = json.load(open(bench))
     json.dump(result, open(args.json, "w"), indent=1)
 
 
