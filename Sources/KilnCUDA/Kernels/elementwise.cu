@@ -107,15 +107,16 @@ extern "C" __global__ void convert_to_bf16(bf16 *out, const void *x, int from, u
     }
 }
 
-/// An FP8 output projection with FLUX's gated residual: the gate [n] folds into the weight's per-output-channel scales
-/// and into the bias (either output may then feed the GEMM, which adds the residual as C).
+/// An FP8 output projection with FLUX's gated residual: each of `rows` gate rows [n] folds into the weight's
+/// per-output-channel scales and into the bias (either output may then feed the GEMM, which adds the residual as C).
 extern "C" __global__ void gate_scales(float *scales, bf16 *gatedBias, const bf16 *gate, const float *weightScales,
-                                       const bf16 *bias, int n) {
+                                       const bf16 *bias, int n, int rows) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+    if (i >= n * rows) return;
+    const int j = i % n;
     const float g = bf2f(gate[i]);
-    scales[i] = g * weightScales[i];
-    if (bias) gatedBias[i] = f2bf(g * bf2f(bias[i]));
+    scales[i] = g * weightScales[j];
+    if (bias) gatedBias[i] = f2bf(g * bf2f(bias[j]));
 }
 
 /// FP8 attention's derived scales, computed on the device so a captured graph follows V's descale: the output descale
