@@ -124,6 +124,12 @@ public protocol Backend: AnyObject {
     /// of the same work used only if this has not changed since that run.
     var memoryGeneration: Int { get }
 
+    // MARK: concurrency
+    /// Runs two independent pieces of device work, `first` then `second` on the host, and returns their results in that
+    /// order. A backend may overlap them on the device (CUDA runs `second` on a second stream in a captured graph), so
+    /// neither body may use a tensor the other makes; both may read tensors made before. The default runs them in turn.
+    func concurrently<A, B>(_ first: () -> A, _ second: () -> B) -> (A, B)
+
     // MARK: fused (defaults below compose simple ops)
     /// `layerNorm(x) * (1 + scale) + shift` (no affine weights, as adaLN uses).
     /// `feedsQuantizableLinears`: the result goes only into `.quantizableLinear` layers, so the backend may hand it
@@ -201,6 +207,8 @@ extension Backend {
     public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? { nil }
 
     public var memoryGeneration: Int { 0 }
+
+    public func concurrently<A, B>(_ first: () -> A, _ second: () -> B) -> (A, B) { (first(), second()) }
 
     public func overwrite(_ tensor: Tensor, with host: HostTensor) throws {
         throw KilnError.unsupported("the \(name) backend writes no tensor in place")

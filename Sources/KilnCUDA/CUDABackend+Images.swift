@@ -93,10 +93,10 @@ extension CUDABackend {
             try dnn.runConvolution(plans[i], x: x, w: w, y: y, bias: bias, residual: residual, workspace: workspace.pointer)
         }
         let start = try CUDAEvent(), end = try CUDAEvent()
-        let trials = roundRobinTrials(Array(plans.indices), rounds: 3, stream: stream, run: run) { i in
-            try start.record(stream)
+        let trials = roundRobinTrials(Array(plans.indices), rounds: 3, stream: currentStream, run: run) { i in
+            try start.record(currentStream)
             for _ in 0..<3 { try run(i) }
-            try end.record(stream)
+            try end.record(currentStream)
             try end.synchronize()
             return Double(try end.milliseconds(since: start)) / 3
         }
@@ -110,12 +110,12 @@ extension CUDABackend {
     func convolutionPaddingChannels(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) throws -> CUDATensor {
         let outC = weight.shape[0], padded = (outC + 7) / 8 * 8
         let filter = try empty([padded] + weight.shape.dropFirst())
-        try DeviceCopy.fill16(filter.pointer, value: 0, count: filter.count, stream: stream)
-        try DeviceCopy.copy(weight.pointer, to: filter.pointer, bytes: weight.bytes, stream: stream)
+        try DeviceCopy.fill16(filter.pointer, value: 0, count: filter.count, stream: currentStream)
+        try DeviceCopy.copy(weight.pointer, to: filter.pointer, bytes: weight.bytes, stream: currentStream)
         let paddedBias = try bias.map { b -> CUDATensor in
             let t = try empty([padded])
-            try DeviceCopy.fill16(t.pointer, value: 0, count: padded, stream: stream)
-            try DeviceCopy.copy(b.pointer, to: t.pointer, bytes: b.bytes, stream: stream)
+            try DeviceCopy.fill16(t.pointer, value: 0, count: padded, stream: currentStream)
+            try DeviceCopy.copy(b.pointer, to: t.pointer, bytes: b.bytes, stream: currentStream)
             return t
         }
         let wide = convolution(x, weight: filter, bias: paddedBias, stride: stride, padding: padding, residual: nil)

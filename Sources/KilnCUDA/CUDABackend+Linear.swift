@@ -11,6 +11,7 @@ extension CUDABackend {
     public func plan(_ key: GemmKey, operands: GemmOperands) throws -> GemmPlan {
         if let p = plans[key] { return p }
         let p = try GemmPlan(lt, key)
+        // Timing synchronizes, so it happens in eager work, which `concurrently` keeps on the main stream.
         if autotune { try tuner.tune(p, operands, stream: stream) }
         plans[key] = p
         return p
@@ -191,7 +192,7 @@ extension CUDABackend {
             var args = KernelArguments()
             args.add(out.pointer); args.add(q.pointer); args.add(k.pointer); args.add(v.pointer); args.add(nullable(keyMask))
             args.add(Int32(queries)); args.add(Int32(keys)); args.add(Int32(heads)); args.add(softmaxScale)
-            try launch(f, grid: ((queries + 127) / 128, heads, batch), block: (256, 1, 1), sharedBytes: shared, stream: stream,
+            try launch(f, grid: ((queries + 127) / 128, heads, batch), block: (256, 1, 1), sharedBytes: shared, stream: currentStream,
                        name: "attention_fwd_bf16_d128", args)
             return out
         }
@@ -292,7 +293,7 @@ extension CUDABackend {
     public func cudnn() -> CuDNN? {
         if let state = cudnnState { return state.library }
         do {
-            let dnn = try CuDNN(stream: stream)
+            let dnn = try CuDNN(stream: currentStream)
             dnn.convolutionChoices = ConvolutionChoices(path: ConvolutionChoices.defaultPath(gpuTag: device.cacheTag, cudnnVersion: dnn.version),
                                                         gpu: device.name, cudnnVersion: dnn.version)
             cudnnState = (dnn, nil)

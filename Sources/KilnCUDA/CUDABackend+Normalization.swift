@@ -41,7 +41,7 @@ extension CUDABackend {
             precondition(c % groups == 0 && groups <= 64, "groupNorm: \(c) channels in \(groups) groups")
             let statsBuffer = try pool.allocate(batch * groups * 2 * 8)
             let coefficients = try pool.allocate(batch * c * 8)
-            try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: stream)
+            try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: currentStream)
             let perBlock = max(1, (65536 + c - 1) / c)
             let chunks = (pixels + perBlock - 1) / perBlock
             try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: (chunks, batch, 1), block: (256, 1, 1)) {

@@ -9,7 +9,18 @@ public final class CUDABackend: Backend {
     public typealias Tensor = CUDATensor
 
     public let device: CUDADevice
+    /// The main stream: eager work, graph capture and replay, host transfers.
     public let stream: CUDAStream
+    /// The stream ops enqueue on: `stream`, or the side stream while the second body of a captured `concurrently` runs.
+    public internal(set) var currentStream: CUDAStream
+    /// The cuBLASLt workspace of GEMMs on `currentStream` (GEMMs running at once must not share one).
+    var gemmWorkspace: DeviceBuffer
+    /// How many streams `concurrently` may use (`KILN_STREAMS=1|2`, default 2); 1 runs both bodies in turn, as before.
+    public var streams = FileIO.environment("KILN_STREAMS") == "1" ? 1 : 2
+    /// The second stream, made by the first `concurrently` outside a capture (a capture cannot allocate its workspace).
+    var side: SideStream?
+    /// How many `concurrently` regions were captured on two streams.
+    public internal(set) var forkedRegions = 0
     public let compiler: KernelCompiler
     public let lt: CuBLASLt
     public let pool: DevicePool
@@ -48,8 +59,10 @@ public final class CUDABackend: Backend {
         self.device = try device ?? CUDADevice()
         try self.device.makeCurrent()
         stream = try CUDAStream()
+        currentStream = stream
         compiler = try KernelCompiler(arch: self.device.arch)
         lt = try CuBLASLt()
+        gemmWorkspace = lt.workspace
         pool = DevicePool(stream: stream)
         let cache = GemmPlanCache(path: GemmPlanCache.defaultPath(gpuTag: self.device.cacheTag, cublasLtVersion: lt.version),
                                   gpu: self.device.name, cublasLtVersion: lt.version)
@@ -88,20 +101,20 @@ public final class CUDABackend: Backend {
         let f = try module(family).function(symbol)
         var args = KernelArguments()
         configure(&args)
-        try profiled(symbol) { try launch(f, grid: grid, block: block, sharedBytes: shared, stream: stream, name: symbol, args) }
+        try profiled(symbol) { try launch(f, grid: grid, block: block, sharedBytes: shared, stream: currentStream, name: symbol, args) }
     }
 
     /// `body` timed under `name` when profiling eager work.
     func profiled<T>(_ name: @autoclosure () -> String, _ body: () throws -> T) throws -> T {
         guard let profile, !pool.isCapturing else { return try body() }
-        return try profile.measure(name(), stream: stream, body)
+        return try profile.measure(name(), stream: currentStream, body)
     }
 
     /// Runs a GEMM with its tuned plan.
     func runGemm(_ key: GemmKey, _ operands: GemmOperands) throws {
         let p = try plan(key, operands: operands)
         try profiled("gemm \(key.precision.rawValue) \(key.m)x\(key.n)x\(key.k)\(key.epilogue == .none ? "" : " " + key.epilogue.rawValue)") {
-            try p.run(operands, stream: stream)
+            try p.run(operands, stream: currentStream, workspace: gemmWorkspace)
         }
     }
 
@@ -249,8 +262,8 @@ public final class CUDABackend: Backend {
             let out = try empty(shape, .fp8)
             for item in 0..<items {
                 let (from, to) = (item * length + range.lowerBound, item * range.count)
-                try DeviceCopy.copy(x.pointer + CUdeviceptr(from * row), to: out.pointer + CUdeviceptr(to * row), bytes: range.count * row, stream: stream)
-                try DeviceCopy.copy(scales.pointer + CUdeviceptr(from * 4), to: out.scales!.pointer + CUdeviceptr(to * 4), bytes: range.count * 4, stream: stream)
+                try DeviceCopy.copy(x.pointer + CUdeviceptr(from * row), to: out.pointer + CUdeviceptr(to * row), bytes: range.count * row, stream: currentStream)
+                try DeviceCopy.copy(scales.pointer + CUdeviceptr(from * 4), to: out.scales!.pointer + CUdeviceptr(to * 4), bytes: range.count * 4, stream: currentStream)
             }
             return out
         }
@@ -259,8 +272,8 @@ public final class CUDABackend: Backend {
         let (rows, columns) = (x.shape[0], x.shape[1])
         if axis == 0 {
             let out = try empty([range.count, columns], .fp8)
-            try DeviceCopy.copy(x.pointer + CUdeviceptr(range.lowerBound * columns), to: out.pointer, bytes: range.count * columns, stream: stream)
-            try DeviceCopy.copy(x.scales!.pointer + CUdeviceptr(range.lowerBound * 4), to: out.scales!.pointer, bytes: range.count * 4, stream: stream)
+            try DeviceCopy.copy(x.pointer + CUdeviceptr(range.lowerBound * columns), to: out.pointer, bytes: range.count * columns, stream: currentStream)
+            try DeviceCopy.copy(x.scales!.pointer + CUdeviceptr(range.lowerBound * 4), to: out.scales!.pointer, bytes: range.count * 4, stream: currentStream)
             return out
         }
         precondition(range.lowerBound % 2 == 0 && range.count % 2 == 0 && columns % 2 == 0, "slice: FP8 columns \(range) of \(x.shape) must be even")
@@ -268,7 +281,7 @@ public final class CUDABackend: Backend {
         // Byte pairs moved as 2-byte elements by the row copy kernel.
         try copyRows(dst: out.pointer, dstStride: range.count / 2, src: x.pointer + CUdeviceptr(range.lowerBound), srcStride: columns / 2,
                      rows: rows, cols: range.count / 2)
-        try DeviceCopy.copy(x.scales!.pointer, to: out.scales!.pointer, bytes: rows * 4, stream: stream)
+        try DeviceCopy.copy(x.scales!.pointer, to: out.scales!.pointer, bytes: rows * 4, stream: currentStream)
         return out
     }
 

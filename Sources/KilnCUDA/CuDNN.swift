@@ -11,7 +11,8 @@ public final class CuDNN: @unchecked Sendable {
     public let handle: cudnnHandle_t
     public let version: Int
     public let path: String
-    let stream: CUDAStream
+    /// The stream cuDNN enqueues on.
+    public private(set) var stream: CUDAStream
 
     struct Shape: Hashable { var batch, heads, queries, keys, dim: Int }
 
@@ -52,8 +53,14 @@ public final class CuDNN: @unchecked Sendable {
         guard status == 0, let h else { throw CuDNN.error(status, "cudnnCreate") }
         handle = h
         self.stream = stream
+        try use(stream)
+    }
+
+    /// Makes later cuDNN calls enqueue on `stream`.
+    public func use(_ stream: CUDAStream) throws {
         let s = kc_dnn.cudnnSetStream!(handle, stream.handle)
         guard s == 0 else { throw CuDNN.error(s, "cudnnSetStream") }
+        self.stream = stream
     }
 
     deinit { _ = kc_dnn.cudnnDestroy?(handle) }

@@ -41,7 +41,8 @@ public final class DevicePool: @unchecked Sendable {
     /// Changes whenever blocks leave the free lists for good (kept by a captured graph, or returned to the driver).
     public private(set) var generation = 0
     public var poison = false
-    let stream: CUDAStream
+    /// Where poison fills go: the backend's current stream, so a block's fill comes before the work it is handed to.
+    var stream: CUDAStream
 
     init(stream: CUDAStream) { self.stream = stream }
 
@@ -75,7 +76,13 @@ public final class DevicePool: @unchecked Sendable {
     }
 
     func release(_ pointer: CUdeviceptr, _ bytes: Int) {
-        if capturing { captureFree[bytes, default: []].append(pointer) } else { free[bytes, default: []].append(pointer) }
+        if deferred != nil {
+            deferred!.append((pointer, bytes))
+        } else if capturing {
+            captureFree[bytes, default: []].append(pointer)
+        } else {
+            free[bytes, default: []].append(pointer)
+        }
     }
 
     /// Gives every cached free block back to the driver (e.g. once the text encoders are gone), so later
@@ -112,6 +119,25 @@ public final class DevicePool: @unchecked Sendable {
     /// Returns a destroyed graph's blocks.
     func returnBlocks(_ blocks: [Int: [CUdeviceptr]]) {
         for (size, pointers) in blocks { free[size, default: []] += pointers }
+    }
+
+    // MARK: deferred reuse
+    // While `CUDABackend.concurrently` may run work on two streams, a block freed by one stream's work could be handed
+    // to the other while still being read: blocks freed then become reusable only once the streams have joined.
+    private var deferred: [(pointer: CUdeviceptr, bytes: Int)]?
+    /// Whether frees are being held back.
+    var isDeferring: Bool { deferred != nil }
+
+    func beginDeferring() {
+        precondition(deferred == nil, "deferred reuse does not nest")
+        deferred = []
+    }
+
+    /// Makes the blocks freed since `beginDeferring` reusable (call once the streams have joined).
+    func endDeferring() {
+        let blocks = deferred ?? []
+        deferred = nil
+        for block in blocks { release(block.pointer, block.bytes) }
     }
 }
 

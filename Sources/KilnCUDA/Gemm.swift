@@ -280,8 +280,9 @@ public final class GemmPlan: @unchecked Sendable {
         return found
     }
 
-    /// Enqueues the GEMM on `stream` with `algorithm` (default: the plan's, else the heuristic's first).
-    public func run(_ operands: GemmOperands, stream: CUDAStream, algorithm override: GemmAlgorithm? = nil) throws {
+    /// Enqueues the GEMM on `stream` with `algorithm` (default: the plan's, else the heuristic's first) and `workspace`
+    /// (`CuBLASLt.workspaceBytes` of scratch; default: the handle's, which GEMMs running at once on two streams must not share).
+    public func run(_ operands: GemmOperands, stream: CUDAStream, workspace: DeviceBuffer? = nil, algorithm override: GemmAlgorithm? = nil) throws {
         if algorithm == nil && override == nil { algorithm = try candidates(1).first }
         func setPointer(_ attribute: Int, _ pointer: CUdeviceptr) throws {
             var p = pointer
@@ -303,7 +304,7 @@ public final class GemmPlan: @unchecked Sendable {
                                           UnsafeRawPointer(bitPattern: UInt(operands.x)), layoutB, &beta,
                                           UnsafeRawPointer(bitPattern: UInt(operands.accumulator ?? operands.out)), layoutD,
                                           UnsafeMutableRawPointer(bitPattern: UInt(operands.out)), layoutD, &algo,
-                                          UnsafeMutableRawPointer(bitPattern: UInt(lt.workspace.pointer)), CuBLASLt.workspaceBytes,
+                                          UnsafeMutableRawPointer(bitPattern: UInt((workspace ?? lt.workspace).pointer)), CuBLASLt.workspaceBytes,
                                           stream.handle),
                     "cublasLtMatmul(\(key))")
     }

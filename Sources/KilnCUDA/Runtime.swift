@@ -175,15 +175,22 @@ public final class CUDAStream: @unchecked Sendable {
     deinit { _ = kc_cu.cuStreamDestroy?(handle) }
 
     public func synchronize() throws { try check(kc_cu.cuStreamSynchronize!(handle), "cuStreamSynchronize") }
+
+    /// Makes work enqueued on this stream from now on wait for `event`'s last recording (on any stream). Under stream
+    /// capture this is how another stream forks off the capturing one and joins it again.
+    public func wait(for event: CUDAEvent) throws {
+        try check(kc_cu.cuStreamWaitEvent!(handle, event.handle, 0), "cuStreamWaitEvent")
+    }
 }
 
 /// An event for ordering and timing.
 public final class CUDAEvent: @unchecked Sendable {
     public let handle: CUevent
 
-    public init() throws {
+    /// `timing: false` makes an event for ordering only, which records and waits faster.
+    public init(timing: Bool = true) throws {
         var e: CUevent?
-        try check(kc_cu.cuEventCreate!(&e, UInt32(KC_CU_EVENT_DEFAULT)), "cuEventCreate")
+        try check(kc_cu.cuEventCreate!(&e, UInt32(timing ? KC_CU_EVENT_DEFAULT : KC_CU_EVENT_DISABLE_TIMING)), "cuEventCreate")
         handle = e!
     }
 

@@ -137,6 +137,7 @@ public final class GPUSelftest {
         attentionFP8()
         images()
         graph()
+        concurrentGraph()
     }
 
     func elementwise() {
@@ -589,9 +590,49 @@ public final class GPUSelftest {
             let (e1, e2) = (down(eager.0), down(eager.1))
             let paths = "attention \(gpu.lastAttentionPath), conv \(gpu.lastConvolutionPath)"
             say("  graph body ran \(paths)")
-            return (HostTensor(shape: [r1.count + r2.count], data: r1.data + r2.data),
-                    HostTensor(shape: [e1.count + e2.count], data: e1.data + e2.data))
+            return (GPUSelftest.joined(r1, r2), GPUSelftest.joined(e1, e2))
         }
+    }
+
+    /// Two independent chains (layer norm with modulation, GEMM with GELU, GEMM into a gated residual), one of 1024
+    /// tokens and one of 256, under `concurrently`: captured with the second on the side stream, replayed after new
+    /// values are written into both inputs, and compared with the same ops run eagerly (in turn, on one stream). The
+    /// same kernels run on the same values, so the results must match bit for bit.
+    func concurrentGraph() {
+        let width = 3072, tokens = [1024, 256]
+        record("CUDA graph two streams", tokens + [width], tolerance: 0, note: "vs eager on one stream, new inputs; bit for bit") {
+            let inputs = tokens.map { up(rng.tensor([1, $0, width])) }
+            let chains = tokens.map { _ in
+                (shift: up(rng.tensor([1, width])), scale: up(rng.tensor([1, width], scale: 0.5)), gate: up(rng.tensor([1, width])),
+                 inner: up(rng.tensor([width, width], scale: 0.02)), outer: up(rng.tensor([width, width], scale: 0.02)))
+            }
+            func chain(_ i: Int) -> CUDATensor {
+                let (c, x) = (chains[i], inputs[i])
+                let h = gpu.layerNormModulate(x, shift: c.shift, scale: c.scale, eps: 1e-6)
+                let y = gpu.linear(h, weight: c.inner, bias: nil, activation: .geluTanh)
+                return gpu.linear(y, weight: c.outer, bias: nil, gate: c.gate, residual: x)
+            }
+            func body() -> (CUDATensor, CUDATensor) { gpu.concurrently({ chain(0) }, { chain(1) }) }
+            _ = body()  // plans and kernels ready, pool warm, side stream made
+            try gpu.synchronize()
+            let forked = gpu.forkedRegions
+            var out: (CUDATensor, CUDATensor)?
+            guard let graph = try gpu.capture({ out = body() }) else { throw KilnError.unsupported("the CUDA backend captured no graph") }
+            if gpu.streams > 1 && gpu.forkedRegions == forked {
+                throw KilnError.unsupported("the capture ran both chains on one stream")
+            }
+            for (input, n) in zip(inputs, tokens) { try gpu.overwrite(input, with: rng.tensor([1, n, width])) }
+            try graph.replay()
+            let replayed = GPUSelftest.joined(down(out!.0), down(out!.1))
+            let eager = body()
+            say("  two-stream graph: \(gpu.forkedRegions - forked) of 1 region forked (KILN_STREAMS=\(gpu.streams))")
+            return (replayed, GPUSelftest.joined(down(eager.0), down(eager.1)))
+        }
+    }
+
+    /// Tensors' values end to end, flat (several outputs compared as one).
+    static func joined(_ parts: HostTensor...) -> HostTensor {
+        HostTensor(shape: [parts.reduce(0) { $0 + $1.count }], data: parts.flatMap(\.data))
     }
 
     // MARK: benchmarks

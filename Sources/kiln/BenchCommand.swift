@@ -113,6 +113,9 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("model", .string(prepared.description)),
             ("variant", .string(config.variant)),
             ("precision", .string((backend as? CUDABackend).map { "\($0.linearPrecision.rawValue) linears, \($0.attentionPrecision.rawValue) attention" } ?? "fp32")),
+            // Streams the captured loop may use (`KILN_STREAMS`), and how many regions it really forked onto two.
+            ("streams", (backend as? CUDABackend).map { .number(Double($0.streams)) } ?? .null),
+            ("forked_regions", (backend as? CUDABackend).map { .number(Double($0.forkedRegions)) } ?? .null),
             ("width", .number(Double(prepared.options.width))),
             ("height", .number(Double(prepared.options.height))),
             ("batch", .number(Double(prepared.options.batch))),

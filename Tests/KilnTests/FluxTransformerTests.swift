@@ -39,6 +39,23 @@ final class FluxTransformerTests: XCTestCase {
     func testSchnellDiffusersLayout() throws { try check(model: "tiny-flux-schnell", reference: "transformer_schnell") }
     func testSchnellBFLLayout() throws { try check(model: "bfl/flux1-tiny-schnell.safetensors", reference: "transformer_schnell") }
 
+    /// Without device streams, `concurrently` runs the first body, then the second, and returns their results in order
+    /// (the double blocks above run their two streams through it).
+    func testConcurrentlyRunsBothBodiesInOrder() {
+        let x = HostTensor(shape: [2, 3], data: [1, 2, 3, 4, 5, 6])
+        var ran: [String] = []
+        let (doubled, shifted) = backend.concurrently({ () -> HostTensor in
+            ran.append("first")
+            return backend.affine(x, scale: 2, shift: 0)
+        }, { () -> HostTensor in
+            ran.append("second")
+            return backend.affine(x, scale: 1, shift: 1)
+        })
+        XCTAssertEqual(ran, ["first", "second"])
+        XCTAssertEqual(doubled.data, [2, 4, 6, 8, 10, 12])
+        XCTAssertEqual(shifted.data, [2, 3, 4, 5, 6, 7])
+    }
+
     func testConfigsFromBothLayoutsAgree() throws {
         for variant in ["dev", "schnell"] {
             let diffusers = try ModelFiles(path: Fixtures.path("tiny-flux-\(variant)"))

@@ -30,6 +30,7 @@ enum {
     KC_CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
     KC_CU_STREAM_CAPTURE_MODE_RELAXED = 2,
     KC_CU_EVENT_DEFAULT = 0,
+    KC_CU_EVENT_DISABLE_TIMING = 2,
     KC_CU_MEMHOSTALLOC_PORTABLE = 1,
 };
 
@@ -116,6 +117,7 @@ enum {
     X(CUresult, cuStreamCreate, (CUstream *stream, unsigned int flags), "cuStreamCreate", NULL) \
     X(CUresult, cuStreamDestroy, (CUstream stream), "cuStreamDestroy_v2", NULL) \
     X(CUresult, cuStreamSynchronize, (CUstream stream), "cuStreamSynchronize", NULL) \
+    X(CUresult, cuStreamWaitEvent, (CUstream stream, CUevent event, unsigned int flags), "cuStreamWaitEvent", NULL) \
     X(CUresult, cuStreamBeginCapture, (CUstream stream, int mode), "cuStreamBeginCapture_v2", NULL) \
     X(CUresult, cuStreamEndCapture, (CUstream stream, CUgraph *graph), "cuStreamEndCapture", NULL) \
     X(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec *exec, CUgraph graph, unsigned long long flags), "cuGraphInstantiateWithFlags", NULL) \

@@ -54,9 +54,12 @@ public struct DoubleStreamBlock<B: Backend> {
             return QKVStream(qkv: stream.qkv(normed, backend), queryNorm: stream.queryNorm, keyNorm: stream.keyNorm, rope: rope)
         }
         let textTokens = backend.shape(txt)[1]
+        // The streams meet only in attention: before and after it, the short text work can fill the SMs the image's
+        // GEMMs leave idle (image first, as the longer one).
+        let (imageQKV, textQKV) = backend.concurrently({ projectQKV(img, imageMod[0], image, rope?.image) },
+                                                       { projectQKV(txt, textMod[0], text, rope?.text) })
         // One joint sequence, text first; rotary embedding is per position, so each stream takes its own rows of the table.
-        let (q, k, v) = backend.attentionInputs([projectQKV(txt, textMod[0], text, rope?.text), projectQKV(img, imageMod[0], image, rope?.image)],
-                                                eps: 1e-6, heads: heads)
+        let (q, k, v) = backend.attentionInputs([textQKV, imageQKV], eps: 1e-6, heads: heads)
         let attended = backend.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
         let total = backend.shape(attended)[1]
         let textAttention = backend.slice(attended, axis: 1, 0..<textTokens)
@@ -67,7 +70,7 @@ public struct DoubleStreamBlock<B: Backend> {
             let normed = backend.layerNormModulate(x, shift: mod[1].shift, scale: mod[1].scale, eps: 1e-6, feedsQuantizableLinears: true)
             return stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend, gate: mod[1].gate, residual: x)
         }
-        return (finish(img, imageAttention, imageMod, image), finish(txt, textAttention, textMod, text))
+        return backend.concurrently({ finish(img, imageAttention, imageMod, image) }, { finish(txt, textAttention, textMod, text) })
     }
 }
 
