@@ -101,11 +101,20 @@ __device__ __forceinline__ float activate(float v, int kind) {
 
 __device__ __forceinline__ bool aligned16(const void *p) { return (((u64)p) & 15) == 0; }
 
+/// The 8 bf16 values of a 16-byte chunk, as floats.
+__device__ __forceinline__ void unpack8(uint4 r, float *v) {
+    v[0] = bf_lo(r.x); v[1] = bf_hi(r.x); v[2] = bf_lo(r.y); v[3] = bf_hi(r.y);
+    v[4] = bf_lo(r.z); v[5] = bf_hi(r.z); v[6] = bf_lo(r.w); v[7] = bf_hi(r.w);
+}
+
+/// 8 floats rounded to bf16, as one 16-byte chunk.
+__device__ __forceinline__ uint4 pack8(const float *v) {
+    return make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+}
+
 __device__ __forceinline__ void load8(const bf16 *p, u64 i, u64 n, bool vec, float *v) {
     if (vec && i + KILN_CHUNK <= n) {
-        const uint4 r = *reinterpret_cast<const uint4 *>(p + i);
-        v[0] = bf_lo(r.x); v[1] = bf_hi(r.x); v[2] = bf_lo(r.y); v[3] = bf_hi(r.y);
-        v[4] = bf_lo(r.z); v[5] = bf_hi(r.z); v[6] = bf_lo(r.w); v[7] = bf_hi(r.w);
+        unpack8(*reinterpret_cast<const uint4 *>(p + i), v);
     } else {
 #pragma unroll
         for (int k = 0; k < KILN_CHUNK; k++) v[k] = i + k < n ? bf2f(p[i + k]) : 0.f;
@@ -114,8 +123,7 @@ __device__ __forceinline__ void load8(const bf16 *p, u64 i, u64 n, bool vec, flo
 
 __device__ __forceinline__ void store8(bf16 *p, u64 i, u64 n, bool vec, const float *v) {
     if (vec && i + KILN_CHUNK <= n) {
-        *reinterpret_cast<uint4 *>(p + i) = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
-                                                       pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+        *reinterpret_cast<uint4 *>(p + i) = pack8(v);
     } else {
 #pragma unroll
         for (int k = 0; k < KILN_CHUNK; k++) if (i + k < n) p[i + k] = f2bf(v[k]);

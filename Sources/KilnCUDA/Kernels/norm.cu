@@ -54,26 +54,35 @@ __device__ __forceinline__ bool row_in_registers(int channels, const void *x) {
     return channels % 8 == 0 && channels / 8 <= ROW_CHUNKS * (int)blockDim.x && aligned16(x);
 }
 
-/// One row held in the block's registers (the thread's chunks) as e4m3 with its scale amax / 448 (8-byte stores).
-__device__ __forceinline__ void quantize_held_row(fp8e4m3 *o, float *rowScale, u64 row, float v[ROW_CHUNKS][8], int channels,
+/// One row held in the block's registers (the thread's chunks, packed bf16) as e4m3 with its scale amax / 448
+/// (8-byte stores).
+__device__ __forceinline__ void quantize_held_row(fp8e4m3 *o, float *rowScale, u64 row, const uint4 v[ROW_CHUNKS], int channels,
                                                   float *scratch) {
     float amax = 0.f;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++)
-        if (threadIdx.x + j * blockDim.x < channels / 8)
+        if (threadIdx.x + j * blockDim.x < channels / 8) {
+            float f[8];
+            unpack8(v[j], f);
 #pragma unroll
-            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
+            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
+        }
     const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f, r = 1.f / s;
     if (threadIdx.x == 0) rowScale[row] = s;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
-        if (c8 < channels / 8) *reinterpret_cast<uint2 *>(o + 8 * c8) = pack8_e4m3(v[j], r);
+        if (c8 < channels / 8) {
+            float f[8];
+            unpack8(v[j], f);
+            *reinterpret_cast<uint2 *>(o + 8 * c8) = pack8_e4m3(f, r);
+        }
     }
 }
 
 /// layerNorm(x) * (1 + scale) + shift for the thread's chunks of one row, rounded to bf16 as the BF16 path stores it.
-__device__ __forceinline__ void modulated_row(float v[ROW_CHUNKS][8], const bf16 *xr, const bf16 *sh, const bf16 *sc,
+/// Chunks stay packed bf16 in registers (half the registers of floats: more rows in flight per SM).
+__device__ __forceinline__ void modulated_row(uint4 v[ROW_CHUNKS], const bf16 *xr, const bf16 *sh, const bf16 *sc,
                                              int channels, float eps, float *scratch) {
     const int chunks = channels / 8;
     float sum = 0.f;
@@ -81,28 +90,35 @@ __device__ __forceinline__ void modulated_row(float v[ROW_CHUNKS][8], const bf16
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
         if (c8 < chunks) {
-            load8(xr, 8 * c8, channels, true, v[j]);
+            v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * c8);
+            float f[8];
+            unpack8(v[j], f);
 #pragma unroll
-            for (int k = 0; k < 8; k++) sum += v[j][k];
+            for (int k = 0; k < 8; k++) sum += f[k];
         }
     }
     const float mean = block_sum(sum, scratch) / channels;
     float sq = 0.f;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++)
-        if (threadIdx.x + j * blockDim.x < chunks)
+        if (threadIdx.x + j * blockDim.x < chunks) {
+            float f[8];
+            unpack8(v[j], f);
 #pragma unroll
-            for (int k = 0; k < 8; k++) { const float d = v[j][k] - mean; sq += d * d; }
+            for (int k = 0; k < 8; k++) { const float d = f[k] - mean; sq += d * d; }
+        }
     const float inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
         if (c8 < chunks) {
-            float a[8], b[8];
+            float f[8], a[8], b[8];
+            unpack8(v[j], f);
             load8(sc, 8 * c8, channels, aligned16(sc), a);
             load8(sh, 8 * c8, channels, aligned16(sh), b);
 #pragma unroll
-            for (int k = 0; k < 8; k++) v[j][k] = bf2f(f2bf((v[j][k] - mean) * inv * (1.f + a[k]) + b[k]));
+            for (int k = 0; k < 8; k++) f[k] = (f[k] - mean) * inv * (1.f + a[k]) + b[k];
+            v[j] = pack8(f);
         }
     }
 }
@@ -111,36 +127,45 @@ __device__ __forceinline__ void modulated_row(float v[ROW_CHUNKS][8], const bf16
 // flight per SM (a block per 3072-wide row spent most of its time in three barrier-separated reductions).
 #define WARP_ROW_CHUNKS 12
 
-/// layerNorm(x) * (1 + scale) + shift for one row, the warp's lanes holding chunks lane, lane + 32, ... (`per` each),
-/// rounded to bf16 as the BF16 path stores it.
-__device__ __forceinline__ void warp_modulated_row(float v[WARP_ROW_CHUNKS][8], const bf16 *xr, const bf16 *sh, const bf16 *sc,
+/// layerNorm(x) * (1 + scale) + shift for one row, the warp's lanes holding chunks lane, lane + 32, ... (`per` each,
+/// packed bf16), rounded to bf16 as the BF16 path stores it.
+__device__ __forceinline__ void warp_modulated_row(uint4 v[WARP_ROW_CHUNKS], const bf16 *xr, const bf16 *sh, const bf16 *sc,
                                                   int channels, int per, float eps) {
     const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++)
+        if (j < per) v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * (lane + 32 * j));
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
         if (j < per) {
-            load8(xr, 8 * (lane + 32 * j), channels, true, v[j]);
+            float f[8];
+            unpack8(v[j], f);
 #pragma unroll
-            for (int k = 0; k < 8; k++) sum += v[j][k];
+            for (int k = 0; k < 8; k++) sum += f[k];
         }
     }
     const float mean = warp_sum(sum) / channels;
     float sq = 0.f;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++)
-        if (j < per)
+        if (j < per) {
+            float f[8];
+            unpack8(v[j], f);
 #pragma unroll
-            for (int k = 0; k < 8; k++) { const float d = v[j][k] - mean; sq += d * d; }
+            for (int k = 0; k < 8; k++) { const float d = f[k] - mean; sq += d * d; }
+        }
     const float inv = rsqrtf(warp_sum(sq) / channels + eps);
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
         if (j < per) {
-            float a[8], b[8];
+            float f[8], a[8], b[8];
+            unpack8(v[j], f);
             load8(sc, 8 * (lane + 32 * j), channels, true, a);
             load8(sh, 8 * (lane + 32 * j), channels, true, b);
 #pragma unroll
-            for (int k = 0; k < 8; k++) v[j][k] = bf2f(f2bf((v[j][k] - mean) * inv * (1.f + a[k]) + b[k]));
+            for (int k = 0; k < 8; k++) f[k] = (f[k] - mean) * inv * (1.f + a[k]) + b[k];
+            v[j] = pack8(f);
         }
     }
 }
@@ -153,26 +178,33 @@ extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, c
     if (row >= rows) return;
     const int lane = threadIdx.x & 31, per = channels / 256;
     const u64 b = row / rowsPerBatch;
-    float v[WARP_ROW_CHUNKS][8];
+    uint4 v[WARP_ROW_CHUNKS];
     warp_modulated_row(v, x + row * channels, shift + b * channels, scale + b * channels, channels, per, eps);
     if (!rowScale) {
         bf16 *o = (bf16 *)out + row * channels;
 #pragma unroll
-        for (int j = 0; j < WARP_ROW_CHUNKS; j++) if (j < per) store8(o, 8 * (lane + 32 * j), channels, true, v[j]);
+        for (int j = 0; j < WARP_ROW_CHUNKS; j++) if (j < per) *reinterpret_cast<uint4 *>(o + 8 * (lane + 32 * j)) = v[j];
         return;
     }
     float amax = 0.f;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++)
-        if (j < per)
+        if (j < per) {
+            float f[8];
+            unpack8(v[j], f);
 #pragma unroll
-            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[j][k]));
+            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
+        }
     const float s = fmaxf(warp_max(amax), 1e-12f) / 448.f, r = 1.f / s;
     if (lane == 0) rowScale[row] = s;
     fp8e4m3 *o = (fp8e4m3 *)out + row * channels;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
-        if (j < per) *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = pack8_e4m3(v[j], r);
+        if (j < per) {
+            float f[8];
+            unpack8(v[j], f);
+            *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = pack8_e4m3(f, r);
+        }
     }
 }
 
@@ -187,12 +219,12 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_bf16(bf16 *
     const bf16 *sh = shift + b * channels, *sc = scale + b * channels;
     bf16 *o = out + row * channels;
     if (row_in_registers(channels, x) && aligned16(out)) {
-        float v[ROW_CHUNKS][8];
+        uint4 v[ROW_CHUNKS];
         modulated_row(v, xr, sh, sc, channels, eps, scratch);
 #pragma unroll
         for (int j = 0; j < ROW_CHUNKS; j++) {
             const int c8 = threadIdx.x + j * blockDim.x;
-            if (c8 < channels / 8) store8(o, 8 * c8, channels, true, v[j]);
+            if (c8 < channels / 8) *reinterpret_cast<uint4 *>(o + 8 * c8) = v[j];
         }
         return;
     }
@@ -213,7 +245,7 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
     const bf16 *sh = shift + b * channels, *sc = scale + b * channels;
     fp8e4m3 *o = out + row * channels;
     if (row_in_registers(channels, x) && ((u64)out & 7) == 0) {
-        float v[ROW_CHUNKS][8];
+        uint4 v[ROW_CHUNKS];
         modulated_row(v, xr, sh, sc, channels, eps, scratch);
         quantize_held_row(o, rowScale, row, v, channels, scratch);
         return;
@@ -243,11 +275,11 @@ extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *ou
     const bf16 *xr = x + row * channels;
     fp8e4m3 *o = out + row * channels;
     if (row_in_registers(channels, x) && ((u64)out & 7) == 0) {
-        float v[ROW_CHUNKS][8];
+        uint4 v[ROW_CHUNKS];
 #pragma unroll
         for (int j = 0; j < ROW_CHUNKS; j++) {
             const int c8 = threadIdx.x + j * blockDim.x;
-            if (c8 < channels / 8) load8(xr, 8 * c8, channels, true, v[j]);
+            if (c8 < channels / 8) v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * c8);
         }
         quantize_held_row(o, rowScale, row, v, channels, scratch);
         return;
