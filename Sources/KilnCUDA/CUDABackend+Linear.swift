@@ -120,25 +120,22 @@ extension CUDABackend {
 
     /// The weight's per-channel scales and the bias times a gate row `[1, n]`. FLUX's gates are rows of one modulation
     /// tensor computed for all steps before the loop, so the first use of such a tensor with a layer computes every row's
-    /// scales in one launch and later steps take their row: one launch per layer and loop, not per step. The rows
-    /// live while the gate tensor does (`GatedScales`).
+    /// scales in one launch and later steps take their row: one launch per layer and loop, not per step. The rows are
+    /// kept on the gate tensor's storage (`DeviceStorage.derived`) and go with it.
     func gatedScales(_ weight: CUDATensor, bias: CUDATensor?, gate: CUDATensor) throws -> (scales: DeviceStorage, bias: CUDATensor?) {
         let n = weight.shape[0]
         let rowBytes = n * 2
         let aligned = gate.offset % rowBytes == 0 && gate.storage.bytes / rowBytes <= 1024
         let (row, rows) = aligned ? (gate.offset / rowBytes, gate.storage.bytes / rowBytes) : (0, 1)
-        let key = GatedScalesKey(gate: ObjectIdentifier(gate.storage), weight: weight.pointer, bias: bias?.pointer ?? 0)
-        gatedScaleRows = gatedScaleRows.filter { $0.value.gate != nil }
-        var entry = aligned ? gatedScaleRows[key].flatMap { $0.gate === gate.storage ? $0 : nil } : nil
+        let key = GatedScalesKey(weight: weight.pointer, bias: bias?.pointer ?? 0)
+        var entry = aligned ? gate.storage.derived[key] as? GatedScales : nil
         if entry == nil {
-            let start = aligned ? gate.storage.pointer : gate.pointer
-            let computed = GatedScales(gate: gate.storage, scales: try pool.allocate(rows * n * 4),
-                                       bias: try bias.map { _ in try empty([rows, n]) })
+            let computed = GatedScales(scales: try pool.allocate(rows * n * 4), bias: try bias.map { _ in try empty([rows, n]) })
             try launchKernel("elementwise", "gate_scales", grid: ((rows * n + 255) / 256, 1, 1), block: (256, 1, 1)) {
-                $0.add(computed.scales.pointer); $0.add(nullable(computed.bias)); $0.add(start); $0.add(weight.scales!.pointer)
-                $0.add(nullable(bias)); $0.add(Int32(n)); $0.add(Int32(rows))
+                $0.add(computed.scales.pointer); $0.add(nullable(computed.bias)); $0.add(aligned ? gate.storage.pointer : gate.pointer)
+                $0.add(weight.scales!.pointer); $0.add(nullable(bias)); $0.add(Int32(n)); $0.add(Int32(rows))
             }
-            if aligned { gatedScaleRows[key] = computed }
+            if aligned { gate.storage.derived[key] = computed }
             entry = computed
         }
         let scales = DeviceStorage(viewOf: entry!.scales, offset: row * n * 4, bytes: n * 4)
@@ -306,20 +303,18 @@ extension CUDABackend {
     public var cudnnError: String? { cudnnState?.error }
 }
 
-/// A gate tensor and a layer.
+/// The layer a gate's scales were computed for.
 struct GatedScalesKey: Hashable {
-    let gate: ObjectIdentifier
     let weight: CUdeviceptr
     let bias: CUdeviceptr
 }
 
-/// A layer's gated scales (and bias) for every row of one gate tensor, valid while that tensor lives.
+/// A layer's gated scales (and bias) for every row of one gate tensor.
 final class GatedScales {
-    weak var gate: DeviceStorage?
     let scales: DeviceStorage
     let bias: CUDATensor?
 
-    init(gate: DeviceStorage, scales: DeviceStorage, bias: CUDATensor?) {
-        (self.gate, self.scales, self.bias) = (gate, scales, bias)
+    init(scales: DeviceStorage, bias: CUDATensor?) {
+        (self.scales, self.bias) = (scales, bias)
     }
 }

@@ -50,8 +50,6 @@ public final class CUDABackend: Backend {
     public private(set) var kernelLoadSeconds: [String: Double] = [:]
     /// FP8 GEMM shapes that run in BF16 (no cuBLASLt FP8 kernel).
     var bf16Fallbacks: Set<GemmKey> = []
-    /// Gated weight scales per gate tensor and layer (`gatedScales`).
-    var gatedScaleRows: [GatedScalesKey: GatedScales] = [:]
     /// Per-op device times of eager work (`KILN_PROFILE=1`).
     public let profile: OpProfile? = FileIO.environment("KILN_PROFILE") == "1" ? OpProfile() : nil
 

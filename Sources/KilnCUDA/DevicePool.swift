@@ -14,6 +14,9 @@ public final class DeviceStorage: @unchecked Sendable {
     weak var pool: DevicePool?
     /// What a view keeps alive.
     let parent: DeviceStorage?
+    /// Values computed from this block's contents (a gate's products with a layer's weight scales), keyed by what else
+    /// they depend on: they live exactly as long as the block, so eager runs and captures hold the same memory.
+    var derived: [AnyHashable: AnyObject] = [:]
 
     init(pointer: CUdeviceptr, bytes: Int, pool: DevicePool?) {
         (self.pointer, self.bytes, self.pool, self.parent) = (pointer, bytes, pool, nil)

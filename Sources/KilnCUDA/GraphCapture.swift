@@ -38,12 +38,9 @@ extension CUDABackend {
         do {
             graph = try CUDAGraph(capturing: stream, body)
         } catch {
-            gatedScaleRows = [:]
             pool.returnBlocks(pool.endCapture())
             throw error
         }
-        // Gated scales made inside the capture are the graph's: released now, their blocks stay with it.
-        gatedScaleRows = [:]
         return CapturedGraph(graph: graph, stream: stream, pool: pool, blocks: pool.endCapture())
     }
 
@@ -52,7 +49,7 @@ extension CUDABackend {
         guard tensor.shape == host.shape, tensor.type == .bf16 else {
             throw KilnError.invalidArgument("overwrite: \(host.shape) into a \(tensor.type) tensor of \(tensor.shape)")
         }
-        gatedScaleRows = gatedScaleRows.filter { $0.value.gate !== tensor.storage }  // derived from the old values
+        tensor.storage.derived = [:]  // computed from the old values
         var bits = NumberFormats.floatsToBF16(host.data)
         try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: tensor.pointer, bytes: $0.count, stream: stream) }
         // The source is pageable host memory that dies here.

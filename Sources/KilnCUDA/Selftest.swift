@@ -137,6 +137,7 @@ public final class GPUSelftest {
         attentionFP8()
         images()
         graph()
+        gatedGraph()
         concurrentGraph()
     }
 
@@ -591,6 +592,35 @@ public final class GPUSelftest {
             let paths = "attention \(gpu.lastAttentionPath), conv \(gpu.lastConvolutionPath)"
             say("  graph body ran \(paths)")
             return (GPUSelftest.joined(r1, r2), GPUSelftest.joined(e1, e2))
+        }
+    }
+
+    /// FLUX's gated FP8 projections over several steps whose gates are rows of one tensor made inside the work (the
+    /// all-steps modulation): run eagerly, then captured by `capture` (which cannot allocate: the eager run sized the
+    /// pool, and the rows' gated scales must live and die with their gate tensor in both), replayed, and compared with
+    /// the eager result. Before the gated scales' first use, the body allocates and frees a temporary of their size (as
+    /// FLUX's final modulation is), which an eager run's scales left behind would starve.
+    func gatedGraph() {
+        let (steps, tokens, width) = (3, 512, 3072)
+        record("CUDA graph gated FP8 rows", [steps, tokens, width], tolerance: 0, note: "vs eager; gated scales once per gate tensor") {
+            let x = up(rng.tensor([1, tokens, width])), residual = up(rng.tensor([1, tokens, width]))
+            let w = try gpu.quantizeRows(up(rng.tensor([width, width], scale: 0.02))), b = up(rng.tensor([width]))
+            let gateSource = up(rng.tensor([steps, width])), wide = up(rng.tensor([steps, 2 * width]))
+            func body() -> CUDATensor {
+                _ = gpu.affine(wide, scale: 1, shift: 0)
+                let gates = gpu.affine(gateSource, scale: 1, shift: 0)
+                var y = residual
+                for step in 0..<steps {
+                    y = gpu.linear(x, weight: w, bias: b, gate: gpu.slice(gates, axis: 0, step..<(step + 1)), residual: y)
+                }
+                return y
+            }
+            let eager = down(body())
+            try gpu.synchronize()
+            var out: CUDATensor?
+            guard let graph = try gpu.capture({ out = body() }) else { throw KilnError.unsupported("the CUDA backend captured no graph") }
+            try graph.replay()
+            return (down(out!), eager)
         }
     }
 
