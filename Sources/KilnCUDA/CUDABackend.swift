@@ -15,8 +15,9 @@ public final class CUDABackend: Backend {
     public internal(set) var currentStream: CUDAStream
     /// The cuBLASLt workspace of GEMMs on `currentStream` (GEMMs running at once must not share one).
     var gemmWorkspace: DeviceBuffer
-    /// How many streams `concurrently` may use (`KILN_STREAMS=1|2`, default 2); 1 runs both bodies in turn, as before.
-    public var streams = FileIO.environment("KILN_STREAMS") == "1" ? 1 : 2
+    /// How many streams `concurrently` may use (`KILN_STREAMS=1|2`, default 1: on the H100 two were 1% slower per FLUX
+    /// step, bench/results/session4-streams-ab); 1 runs both bodies in turn.
+    public var streams = FileIO.environment("KILN_STREAMS") == "2" ? 2 : 1
     /// The second stream, made by the first `concurrently` outside a capture (a capture cannot allocate its workspace).
     var side: SideStream?
     /// How many `concurrently` regions were captured on two streams.
