@@ -107,7 +107,7 @@ public protocol Backend: AnyObject {
     func upsampleNearest2x(_ x: Tensor) -> Tensor
     /// `conv2d(upsampleNearest2x(x))` with a 3x3 `weight` loaded as `.upsamplingConvolution`, stride 1, padding 1 (the
     /// VAE decoder's upsamplers). A backend may work on the low-resolution input: each output pixel sees only 2x2
-    /// input pixels, so the convolution needs 4 / 9 of the products.
+    /// input pixels, so the convolution needs about 4 / 9 of the products.
     func upsampledConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor
     /// Decoded images `[B, H, W, 3]` in [-1, 1] as PNG image data on the host: per image and row a filter byte (0),
     /// then the row's samples `PNG.byte(x / 2 + 0.5)`; also how many values were not finite (written as 0).
@@ -126,8 +126,9 @@ public protocol Backend: AnyObject {
 
     // MARK: concurrency
     /// Runs two independent pieces of device work, `first` then `second` on the host, and returns their results in that
-    /// order. A backend may overlap them on the device (CUDA runs `second` on a second stream in a captured graph), so
-    /// neither body may use a tensor the other makes; both may read tensors made before. The default runs them in turn.
+    /// order. A backend may overlap them on the device (CUDA with `KILN_STREAMS=2` runs `second` on a second stream in a
+    /// captured graph), so neither body may use a tensor the other makes; both may read tensors made before. The default
+    /// runs them in turn.
     func concurrently<A, B>(_ first: () -> A, _ second: () -> B) -> (A, B)
 
     // MARK: fused (defaults below compose simple ops)

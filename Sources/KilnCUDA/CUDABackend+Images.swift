@@ -154,21 +154,27 @@ extension CUDABackend {
     }
 
     /// One convolution with four 2x2 kernels (one per output pixel parity) on the low-resolution input, padded by one
-    /// on each side, then a kernel that interleaves the four results into the upsampled image and adds the bias: 4 / 9
-    /// of the direct form's products, and no upsampled copy of the input.
+    /// on each side (about 4 / 9 of the direct form's products, and no upsampled copy of the input), its bias repeated
+    /// for the four parities, then a kernel that interleaves the four results into the upsampled image.
     public func upsampledConv2d(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?) -> CUDATensor {
         attempt {
             requireBF16(x, weight, op: "upsampledConv2d")
+            precondition(x.shape.count == 4, "upsampledConv2d: input \(x.shape) is not NHWC")
             let (batch, height, width, inC) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
             let outC = weight.shape[0] / 4
             precondition(weight.shape == [4 * outC, 2, 2, inC], "upsampledConv2d: weight \(weight.shape) for input \(x.shape) "
                          + "(load it as .upsamplingConvolution)")
             if let bias { requireBF16(bias, op: "upsampledConv2d bias"); precondition(bias.count == outC, "upsampledConv2d: bias \(bias.shape)") }
-            let phases = convolution(x, weight: weight, bias: nil, stride: 1, padding: .uniform(1), residual: nil)
+            let tiled = try bias.map { b -> CUDATensor in
+                let t = try empty([4 * outC])
+                try copyRows(dst: t.pointer, dstStride: outC, src: b.pointer, srcStride: 0, rows: 4, cols: outC)
+                return t
+            }
+            let phases = convolution(x, weight: weight, bias: tiled, stride: 1, padding: .uniform(1), residual: nil)
             let out = try empty([batch, 2 * height, 2 * width, outC])
             try launchKernel("elementwise", "subpixel_shuffle_bf16", grid: chunkGrid(out.count), block: (256, 1, 1)) {
-                $0.add(out.pointer); $0.add(phases.pointer); $0.add(nullable(bias)); $0.add(Int32(height)); $0.add(Int32(width))
-                $0.add(Int32(outC)); $0.add(UInt64(out.count))
+                $0.add(out.pointer); $0.add(phases.pointer); $0.add(Int32(height)); $0.add(Int32(width)); $0.add(Int32(outC))
+                $0.add(UInt64(out.count))
             }
             return out
         }

@@ -121,21 +121,26 @@ extension CUDABackend {
     /// The weight's per-channel scales and the bias times a gate row `[1, n]`. FLUX's gates are rows of one modulation
     /// tensor computed for all steps before the loop, so the first use of such a tensor with a layer computes every row's
     /// scales in one launch and later steps take their row: one launch per layer and loop, not per step. The rows are
-    /// kept on the gate tensor's storage (`DeviceStorage.derived`) and go with it.
+    /// kept on the gate tensor's storage (`DeviceStorage.derived`) and go with it. A capture reuses only rows made in it
+    /// (its graph must hold the launch), and eager work leaves a capture's rows alone (its graph writes them).
+    /// The row count comes from the storage's size class, so a few rows past the tensor may be computed and ignored.
     func gatedScales(_ weight: CUDATensor, bias: CUDATensor?, gate: CUDATensor) throws -> (scales: DeviceStorage, bias: CUDATensor?) {
         let n = weight.shape[0]
         let rowBytes = n * 2
-        let aligned = gate.offset % rowBytes == 0 && gate.storage.bytes / rowBytes <= 1024
-        let (row, rows) = aligned ? (gate.offset / rowBytes, gate.storage.bytes / rowBytes) : (0, 1)
-        let key = GatedScalesKey(weight: weight.pointer, bias: bias?.pointer ?? 0)
-        var entry = aligned ? gate.storage.derived[key] as? GatedScales : nil
+        let key = GatedScalesKey(weight: weight.pointer, scales: weight.scales!.pointer, bias: bias?.pointer ?? 0, n: n)
+        let known = gate.storage.derived[key]
+        let cacheable = gate.offset % rowBytes == 0 && gate.storage.bytes / rowBytes <= 1024
+            && (known == nil || known!.captureSerial == 0 || known!.captureSerial == pool.captureSerial)
+        let (row, rows) = cacheable ? (gate.offset / rowBytes, gate.storage.bytes / rowBytes) : (0, 1)
+        var entry = cacheable ? known.flatMap { $0.captureSerial == pool.captureSerial ? $0 as? GatedScales : nil } : nil
         if entry == nil {
-            let computed = GatedScales(scales: try pool.allocate(rows * n * 4), bias: try bias.map { _ in try empty([rows, n]) })
+            let computed = GatedScales(scales: try pool.allocate(rows * n * 4), bias: try bias.map { _ in try empty([rows, n]) },
+                                       captureSerial: pool.captureSerial)
             try launchKernel("elementwise", "gate_scales", grid: ((rows * n + 255) / 256, 1, 1), block: (256, 1, 1)) {
-                $0.add(computed.scales.pointer); $0.add(nullable(computed.bias)); $0.add(aligned ? gate.storage.pointer : gate.pointer)
+                $0.add(computed.scales.pointer); $0.add(nullable(computed.bias)); $0.add(cacheable ? gate.storage.pointer : gate.pointer)
                 $0.add(weight.scales!.pointer); $0.add(nullable(bias)); $0.add(Int32(n)); $0.add(Int32(rows))
             }
-            if aligned { gate.storage.derived[key] = computed }
+            if cacheable { gate.storage.derived[key] = computed }
             entry = computed
         }
         let scales = DeviceStorage(viewOf: entry!.scales, offset: row * n * 4, bytes: n * 4)
@@ -306,15 +311,18 @@ extension CUDABackend {
 /// The layer a gate's scales were computed for.
 struct GatedScalesKey: Hashable {
     let weight: CUdeviceptr
+    let scales: CUdeviceptr
     let bias: CUdeviceptr
+    let n: Int
 }
 
 /// A layer's gated scales (and bias) for every row of one gate tensor.
-final class GatedScales {
+final class GatedScales: DerivedValue {
     let scales: DeviceStorage
     let bias: CUDATensor?
+    let captureSerial: Int
 
-    init(scales: DeviceStorage, bias: CUDATensor?) {
-        (self.scales, self.bias) = (scales, bias)
+    init(scales: DeviceStorage, bias: CUDATensor?, captureSerial: Int) {
+        (self.scales, self.bias, self.captureSerial) = (scales, bias, captureSerial)
     }
 }

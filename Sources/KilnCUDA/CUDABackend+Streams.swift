@@ -19,8 +19,9 @@ extension CUDABackend {
 
     /// While a graph is captured (and `streams` is 2), `first` is enqueued on the main stream and `second` on the side
     /// stream, forked off the main one before and joined back after, so the graph runs them side by side. Eager work
-    /// runs both in turn on the main stream: it tunes and profiles, which time ops alone. Either way, blocks freed
-    /// inside are reused only after the join, so the eager run that sizes the pool needs the memory the capture will.
+    /// runs both in turn on the main stream: it tunes and profiles, which time ops alone. With two streams, blocks freed
+    /// inside are reused only after the join, in eager runs too, so the eager run that sizes the pool needs the memory
+    /// the capture will.
     public func concurrently<A, B>(_ first: () -> A, _ second: () -> B) -> (A, B) {
         // Nested in another region: in turn, inside the enclosing one.
         guard streams > 1, !pool.isDeferring else { return (first(), second()) }

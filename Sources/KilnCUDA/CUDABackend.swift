@@ -224,6 +224,7 @@ public final class CUDABackend: Backend {
                 }
             }
             if role == .quantizableLinear && linearPrecision == .fp8 { t = try quantizeRows(t) }
+            if role == .upsamplingConvolution { t = try subpixelWeights(t) }
             try stream.synchronize()  // the host pages are only borrowed
             return t
         }

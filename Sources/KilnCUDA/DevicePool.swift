@@ -15,8 +15,9 @@ public final class DeviceStorage: @unchecked Sendable {
     /// What a view keeps alive.
     let parent: DeviceStorage?
     /// Values computed from this block's contents (a gate's products with a layer's weight scales), keyed by what else
-    /// they depend on: they live exactly as long as the block, so eager runs and captures hold the same memory.
-    var derived: [AnyHashable: AnyObject] = [:]
+    /// they depend on. They live as long as the block (so eager runs and captures hold the same memory), except that
+    /// `overwrite` drops those made outside captures; those made in one are written by its graph on every replay.
+    var derived: [AnyHashable: DerivedValue] = [:]
 
     init(pointer: CUdeviceptr, bytes: Int, pool: DevicePool?) {
         (self.pointer, self.bytes, self.pool, self.parent) = (pointer, bytes, pool, nil)
@@ -29,6 +30,12 @@ public final class DeviceStorage: @unchecked Sendable {
     }
 
     deinit { pool?.release(pointer, bytes) }
+}
+
+/// A value computed on the device from a block's contents (`DeviceStorage.derived`).
+protocol DerivedValue: AnyObject {
+    /// The capture it was made in (`DevicePool.captureSerial`), 0 for eager work.
+    var captureSerial: Int { get }
 }
 
 /// A caching allocator over device memory: blocks are rounded to size classes and reused, so after the first pass
@@ -106,14 +113,21 @@ public final class DevicePool: @unchecked Sendable {
     public var isCapturing: Bool { capturing }
     private var captureFree: [Int: [CUdeviceptr]] = [:]
 
+    /// Numbers the captures: 0 outside one, else the capture under way (values derived during a capture belong to it).
+    public private(set) var captureSerial = 0
+    private var captures = 0
+
     func beginCapture() {
         capturing = true
         captureFree = [:]
+        captures += 1
+        captureSerial = captures
     }
 
     /// Ends a capture; returns the blocks the graph keeps.
     func endCapture() -> [Int: [CUdeviceptr]] {
         capturing = false
+        captureSerial = 0
         generation += 1
         defer { captureFree = [:] }
         return captureFree

@@ -596,16 +596,19 @@ public final class GPUSelftest {
     }
 
     /// FLUX's gated FP8 projections over several steps whose gates are rows of one tensor made inside the work (the
-    /// all-steps modulation): run eagerly, then captured by `capture` (which cannot allocate: the eager run sized the
-    /// pool, and the rows' gated scales must live and die with their gate tensor in both), replayed, and compared with
-    /// the eager result. Before the gated scales' first use, the body allocates and frees a temporary of their size (as
-    /// FLUX's final modulation is), which an eager run's scales left behind would starve.
+    /// all-steps modulation): run eagerly and checked against the CPU on the dequantized operands (each step takes its
+    /// own gate row), then captured by `capture` (which cannot allocate: the eager run sized the pool, and the rows'
+    /// gated scales must live and die with their gate tensor in both), replayed, and compared with the eager result.
+    /// Before the gated scales' first use, the body allocates and frees a temporary of their size (as FLUX's final
+    /// modulation is), which an eager run's scales left behind would starve.
     func gatedGraph() {
-        let (steps, tokens, width) = (3, 512, 3072)
-        record("CUDA graph gated FP8 rows", [steps, tokens, width], tolerance: 0, note: "vs eager; gated scales once per gate tensor") {
-            let x = up(rng.tensor([1, tokens, width])), residual = up(rng.tensor([1, tokens, width]))
-            let w = try gpu.quantizeRows(up(rng.tensor([width, width], scale: 0.02))), b = up(rng.tensor([width]))
-            let gateSource = up(rng.tensor([steps, width])), wide = up(rng.tensor([steps, 2 * width]))
+        let (steps, tokens, width) = (3, 128, 3072)
+        let hx = rng.tensor([1, tokens, width]), hr = rng.tensor([1, tokens, width]), hw = rng.tensor([width, width], scale: 0.02)
+        let hb = rng.tensor([width]), hg = rng.tensor([steps, width])
+        var eager: HostTensor?
+        record("linear gated FP8 rows", [steps, tokens, width], precision: "fp8", tolerance: 3e-2, note: "step s takes gate row s; vs CPU") {
+            let (x, residual, b, gateSource) = (up(hx), up(hr), up(hb), up(hg))
+            let w = try gpu.quantizeRows(up(hw)), wide = up(rng.tensor([steps, 2 * width]))
             func body() -> CUDATensor {
                 _ = gpu.affine(wide, scale: 1, shift: 0)
                 let gates = gpu.affine(gateSource, scale: 1, shift: 0)
@@ -615,16 +618,26 @@ public final class GPUSelftest {
                 }
                 return y
             }
-            let eager = down(body())
+            eager = down(body())
+            let (xq, wq) = (down(try gpu.quantizeRows(x)), down(w))
+            var reference = hr
+            for step in 0..<steps {
+                let gate = HostTensor(shape: [1, width], data: Array(hg.data[(step * width)..<((step + 1) * width)]))
+                reference = cpu.gatedResidual(reference, gate: gate, cpu.linear(xq, weight: wq, bias: hb))
+            }
             try gpu.synchronize()
             var out: CUDATensor?
             guard let graph = try gpu.capture({ out = body() }) else { throw KilnError.unsupported("the CUDA backend captured no graph") }
             try graph.replay()
-            return (down(out!), eager)
+            let replayed = down(out!)
+            record("CUDA graph gated FP8 rows", [steps, tokens, width], tolerance: 0, note: "vs eager; gated scales once per gate tensor") {
+                (replayed, eager!)
+            }
+            return (eager!, reference)
         }
     }
 
-    /// Two independent chains (layer norm with modulation, GEMM with GELU, GEMM into a gated residual), one of 1024
+    /// Two independent chains (layer norm with modulation, GEMM with GELU, FP8 GEMM into a gated residual), one of 1024
     /// tokens and one of 256, under `concurrently`: captured with the second on the side stream, replayed after new
     /// values are written into both inputs, and compared with the same ops run eagerly (in turn, on one stream). The
     /// same kernels run on the same values, so the results must match bit for bit.
@@ -635,9 +648,9 @@ public final class GPUSelftest {
         defer { gpu.streams = saved }
         record("CUDA graph two streams", tokens + [width], tolerance: 0, note: "vs eager on one stream, new inputs; bit for bit") {
             let inputs = tokens.map { up(rng.tensor([1, $0, width])) }
-            let chains = tokens.map { _ in
+            let chains = try tokens.map { _ in
                 (shift: up(rng.tensor([1, width])), scale: up(rng.tensor([1, width], scale: 0.5)), gate: up(rng.tensor([1, width])),
-                 inner: up(rng.tensor([width, width], scale: 0.02)), outer: up(rng.tensor([width, width], scale: 0.02)))
+                 inner: up(rng.tensor([width, width], scale: 0.02)), outer: try gpu.quantizeRows(up(rng.tensor([width, width], scale: 0.02))))
             }
             func chain(_ i: Int) -> CUDATensor {
                 let (c, x) = (chains[i], inputs[i])

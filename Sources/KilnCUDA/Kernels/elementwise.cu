@@ -195,8 +195,8 @@ extern "C" __global__ void subpixel_weights_bf16(bf16 *out, const bf16 *w, int o
 }
 
 /// The upsampled convolution's output from the four parity convolutions: y [B, H + 1, W + 1, 4 C] (2x2 kernels,
-/// padding 1, channel (2a + b) C + c) to out [B, 2H, 2W, C]: pixel (2i + a, 2j + b) is y's pixel (i + a, j + b), plus bias.
-extern "C" __global__ void subpixel_shuffle_bf16(bf16 *out, const bf16 *y, const bf16 *bias, int height, int width, int channels, u64 n) {
+/// padding 1, channel (2a + b) C + c) to out [B, 2H, 2W, C]: pixel (2i + a, 2j + b) is y's pixel (i + a, j + b).
+extern "C" __global__ void subpixel_shuffle_bf16(bf16 *out, const bf16 *y, int height, int width, int channels, u64 n) {
     const bool vec = aligned16(out) && aligned16(y) && channels % 8 == 0;
     FOR_CHUNKS(i, n) {
         for (int k = 0; k < (vec ? 1 : 8) && i + k < n; k++) {
@@ -206,15 +206,9 @@ extern "C" __global__ void subpixel_shuffle_bf16(bf16 *out, const bf16 *y, const
             const unsigned a = p & 1, b = q & 1;
             const u64 from = ((image * (height + 1) + (p >> 1) + a) * (width + 1) + (q >> 1) + b) * 4ull * channels + (2 * a + b) * channels + c;
             if (vec) {
-                float v[8];
-                load8(y, from, from + 8, true, v);
-                if (bias) {
-#pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] += bf2f(bias[c + j]);
-                }
-                store8(out, i, n, true, v);
+                *reinterpret_cast<uint4 *>(out + i) = *reinterpret_cast<const uint4 *>(y + from);
             } else {
-                out[i + k] = f2bf(bf2f(y[from]) + (bias ? bf2f(bias[c]) : 0.f));
+                out[i + k] = y[from];
             }
         }
     }
