@@ -134,6 +134,8 @@ extension CUDABackend {
         let (row, rows) = cacheable ? (gate.offset / rowBytes, gate.storage.bytes / rowBytes) : (0, 1)
         var entry = cacheable ? known.flatMap { $0.captureSerial == pool.captureSerial ? $0 as? GatedScales : nil } : nil
         if entry == nil {
+            // Rows an eager run left on this gate go first: the capture may need their blocks, as the eager run did.
+            if cacheable { gate.storage.derived[key] = nil }
             let computed = GatedScales(scales: try pool.allocate(rows * n * 4), bias: try bias.map { _ in try empty([rows, n]) },
                                        captureSerial: pool.captureSerial)
             try launchKernel("elementwise", "gate_scales", grid: ((rows * n + 255) / 256, 1, 1), block: (256, 1, 1)) {
