@@ -134,10 +134,12 @@ extension CUDABackend {
         let (row, rows) = cacheable ? (gate.offset / rowBytes, gate.storage.bytes / rowBytes) : (0, 1)
         var entry = cacheable ? known.flatMap { $0.captureSerial == pool.captureSerial ? $0 as? GatedScales : nil } : nil
         if entry == nil {
-            // Rows an eager run left on this gate go first: the capture may need their blocks, as the eager run did.
-            if cacheable { gate.storage.derived[key] = nil }
-            let computed = GatedScales(scales: try pool.allocate(rows * n * 4), bias: try bias.map { _ in try empty([rows, n]) },
-                                       captureSerial: pool.captureSerial)
+            // A capture takes over the blocks of rows an eager run left on this gate (it cannot allocate more than that
+            // run did) and recomputes them in its graph.
+            let eager = cacheable ? known as? GatedScales : nil
+            let computed = try eager.map { GatedScales(scales: $0.scales, bias: $0.bias, captureSerial: pool.captureSerial) }
+                ?? GatedScales(scales: try pool.allocate(rows * n * 4), bias: try bias.map { _ in try empty([rows, n]) },
+                               captureSerial: pool.captureSerial)
             try launchKernel("elementwise", "gate_scales", grid: ((rows * n + 255) / 256, 1, 1), block: (256, 1, 1)) {
                 $0.add(computed.scales.pointer); $0.add(nullable(computed.bias)); $0.add(cacheable ? gate.storage.pointer : gate.pointer)
                 $0.add(weight.scales!.pointer); $0.add(nullable(bias)); $0.add(Int32(n)); $0.add(Int32(rows))
