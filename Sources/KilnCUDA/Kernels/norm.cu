@@ -54,6 +54,49 @@ __device__ __forceinline__ bool row_in_registers(int channels, const void *x) {
     return channels % 8 == 0 && channels / 8 <= ROW_CHUNKS * (int)blockDim.x && aligned16(x);
 }
 
+// Per-chunk pieces of the row kernels, on 8 packed bf16 values held in registers.
+__device__ __forceinline__ float chunk_sum(uint4 v) {
+    float f[8], s = 0.f;
+    unpack8(v, f);
+#pragma unroll
+    for (int k = 0; k < 8; k++) s += f[k];
+    return s;
+}
+
+__device__ __forceinline__ float chunk_squared_deviation(uint4 v, float mean) {
+    float f[8], s = 0.f;
+    unpack8(v, f);
+#pragma unroll
+    for (int k = 0; k < 8; k++) { const float d = f[k] - mean; s += d * d; }
+    return s;
+}
+
+__device__ __forceinline__ float chunk_amax(uint4 v, float amax) {
+    float f[8];
+    unpack8(v, f);
+#pragma unroll
+    for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
+    return amax;
+}
+
+__device__ __forceinline__ uint2 chunk_e4m3(uint4 v, float r) {
+    float f[8];
+    unpack8(v, f);
+    return pack8_e4m3(f, r);
+}
+
+/// (x - mean) * inv * (1 + scale) + shift for the chunk at element i of the scale and shift rows, rounded to bf16.
+__device__ __forceinline__ uint4 chunk_modulated(uint4 v, float mean, float inv, const bf16 *sc, const bf16 *sh, u64 i, int channels,
+                                                 bool vec) {
+    float f[8], a[8], b[8];
+    unpack8(v, f);
+    load8(sc, i, channels, vec, a);
+    load8(sh, i, channels, vec, b);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] = (f[k] - mean) * inv * (1.f + a[k]) + b[k];
+    return pack8(f);
+}
+
 /// One row held in the block's registers (the thread's chunks, packed bf16) as e4m3 with its scale amax / 448
 /// (8-byte stores).
 __device__ __forceinline__ void quantize_held_row(fp8e4m3 *o, float *rowScale, u64 row, const uint4 v[ROW_CHUNKS], int channels,
@@ -61,22 +104,13 @@ __device__ __forceinline__ void quantize_held_row(fp8e4m3 *o, float *rowScale, u
     float amax = 0.f;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++)
-        if (threadIdx.x + j * blockDim.x < channels / 8) {
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
-        }
+        if (threadIdx.x + j * blockDim.x < channels / 8) amax = chunk_amax(v[j], amax);
     const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f, r = 1.f / s;
     if (threadIdx.x == 0) rowScale[row] = s;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
-        if (c8 < channels / 8) {
-            float f[8];
-            unpack8(v[j], f);
-            *reinterpret_cast<uint2 *>(o + 8 * c8) = pack8_e4m3(f, r);
-        }
+        if (c8 < channels / 8) *reinterpret_cast<uint2 *>(o + 8 * c8) = chunk_e4m3(v[j], r);
     }
 }
 
@@ -91,35 +125,20 @@ __device__ __forceinline__ void modulated_row(uint4 v[ROW_CHUNKS], const bf16 *x
         const int c8 = threadIdx.x + j * blockDim.x;
         if (c8 < chunks) {
             v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * c8);
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int k = 0; k < 8; k++) sum += f[k];
+            sum += chunk_sum(v[j]);
         }
     }
     const float mean = block_sum(sum, scratch) / channels;
     float sq = 0.f;
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++)
-        if (threadIdx.x + j * blockDim.x < chunks) {
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int k = 0; k < 8; k++) { const float d = f[k] - mean; sq += d * d; }
-        }
+        if (threadIdx.x + j * blockDim.x < chunks) sq += chunk_squared_deviation(v[j], mean);
     const float inv = rsqrtf(block_sum(sq, scratch) / channels + eps);
+    const bool vec = aligned16(sc) && aligned16(sh);
 #pragma unroll
     for (int j = 0; j < ROW_CHUNKS; j++) {
         const int c8 = threadIdx.x + j * blockDim.x;
-        if (c8 < chunks) {
-            float f[8], a[8], b[8];
-            unpack8(v[j], f);
-            load8(sc, 8 * c8, channels, aligned16(sc), a);
-            load8(sh, 8 * c8, channels, aligned16(sh), b);
-#pragma unroll
-            for (int k = 0; k < 8; k++) f[k] = (f[k] - mean) * inv * (1.f + a[k]) + b[k];
-            v[j] = pack8(f);
-        }
+        if (c8 < chunks) v[j] = chunk_modulated(v[j], mean, inv, sc, sh, 8 * c8, channels, vec);
     }
 }
 
@@ -137,37 +156,17 @@ __device__ __forceinline__ void warp_modulated_row(uint4 v[WARP_ROW_CHUNKS], con
         if (j < per) v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * (lane + 32 * j));
     float sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
-        if (j < per) {
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int k = 0; k < 8; k++) sum += f[k];
-        }
-    }
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++)
+        if (j < per) sum += chunk_sum(v[j]);
     const float mean = warp_sum(sum) / channels;
     float sq = 0.f;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++)
-        if (j < per) {
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int k = 0; k < 8; k++) { const float d = f[k] - mean; sq += d * d; }
-        }
+        if (j < per) sq += chunk_squared_deviation(v[j], mean);
     const float inv = rsqrtf(warp_sum(sq) / channels + eps);
 #pragma unroll
-    for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
-        if (j < per) {
-            float f[8], a[8], b[8];
-            unpack8(v[j], f);
-            load8(sc, 8 * (lane + 32 * j), channels, true, a);
-            load8(sh, 8 * (lane + 32 * j), channels, true, b);
-#pragma unroll
-            for (int k = 0; k < 8; k++) f[k] = (f[k] - mean) * inv * (1.f + a[k]) + b[k];
-            v[j] = pack8(f);
-        }
-    }
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++)
+        if (j < per) v[j] = chunk_modulated(v[j], mean, inv, sc, sh, 8 * (lane + 32 * j), channels, true);
 }
 
 /// adaLN with one warp per row, for C a multiple of 256 up to 256 x WARP_ROW_CHUNKS and 16-byte aligned rows; BF16 out,
@@ -189,23 +188,13 @@ extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, c
     float amax = 0.f;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++)
-        if (j < per) {
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
-        }
+        if (j < per) amax = chunk_amax(v[j], amax);
     const float s = fmaxf(warp_max(amax), 1e-12f) / 448.f, r = 1.f / s;
     if (lane == 0) rowScale[row] = s;
     fp8e4m3 *o = (fp8e4m3 *)out + row * channels;
 #pragma unroll
-    for (int j = 0; j < WARP_ROW_CHUNKS; j++) {
-        if (j < per) {
-            float f[8];
-            unpack8(v[j], f);
-            *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = pack8_e4m3(f, r);
-        }
-    }
+    for (int j = 0; j < WARP_ROW_CHUNKS; j++)
+        if (j < per) *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = chunk_e4m3(v[j], r);
 }
 
 /// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C], for rows the warp kernel does not
