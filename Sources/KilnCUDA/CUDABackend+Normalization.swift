@@ -141,8 +141,8 @@ extension CUDABackend {
 
     /// The joint Q, K, V as e4m3 with one scale per tensor, for cuDNN's FP8 attention: Q's and K's scales bound from
     /// the norm weights before any token is seen (one tiny kernel), so both are written as FP8 in the same pass that
-    /// norms and rotates them; V, not normed, gets its absolute maximum gathered in that pass and is quantized right
-    /// after. The scalars sit 16 bytes apart (cuDNN's scalar tensors are declared 16-byte aligned): descale Q, descale
+    /// norms and rotates them; V, not normed, gets its absolute maximum gathered in that pass and is quantized from the
+    /// projection right after (no BF16 copy of V in between). The scalars sit 16 bytes apart (cuDNN's scalar tensors are declared 16-byte aligned): descale Q, descale
     /// K, amax V, descale V; each tensor's `scales` is a view of its descale (`perTensorScale`).
     func attentionInputsFP8(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int, total: Int) throws -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         let batch = streams[0].qkv.shape[0], width = heads * 128
@@ -157,20 +157,25 @@ extension CUDABackend {
                        scales: DeviceStorage(viewOf: slots, offset: 16 * slot, bytes: 4), perTensorScale: true)
         }
         let (q, k, v) = (try fp8(slot: 0), try fp8(slot: 1), try fp8(slot: 3))
-        let values = try empty([batch, total, width])
         var offset = 0
         for s in streams {
             let length = s.qkv.shape[1]
             let rows = batch * length * heads
             try launchKernel("rope", "attention_inputs_fp8_d128", grid: (min((rows + 7) / 8, device.multiprocessors * 8), 1, 1), block: (256, 1, 1)) {
-                $0.add(q.pointer); $0.add(k.pointer); $0.add(values.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
+                $0.add(q.pointer); $0.add(k.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
                 $0.add(s.keyNorm.pointer); $0.add(nullable(s.rope?.cos)); $0.add(nullable(s.rope?.sin)); $0.add(eps)
                 $0.add(UInt32(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(total)); $0.add(Int32(offset)); $0.add(slots.pointer)
             }
             offset += length
         }
-        try launchKernel("norm", "quantize_tensor_fp8", grid: chunkGrid(count), block: (256, 1, 1)) {
-            $0.add(v.pointer); $0.add(slots.pointer + 48); $0.add(values.pointer); $0.add(slots.pointer + 32); $0.add(UInt64(count))
+        offset = 0
+        for s in streams {
+            let length = s.qkv.shape[1]
+            try launchKernel("rope", "quantize_v_fp8", grid: chunkGrid(batch * length * width), block: (256, 1, 1)) {
+                $0.add(v.pointer); $0.add(slots.pointer + 48); $0.add(s.qkv.pointer); $0.add(slots.pointer + 32)
+                $0.add(UInt32(batch * length)); $0.add(Int32(length)); $0.add(Int32(width)); $0.add(Int32(total)); $0.add(Int32(offset))
+            }
+            offset += length
         }
         return (q, k, v)
     }

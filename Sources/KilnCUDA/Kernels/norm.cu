@@ -1,4 +1,4 @@
-// Row normalizations over the last dimension (fp32 statistics), and FP8 quantization per row and per tensor.
+// Row normalizations over the last dimension (fp32 statistics), and FP8 quantization per row.
 #include "kiln_common.cuh"
 
 /// Layer norm with optional affine weight/bias (null when absent).
@@ -280,24 +280,6 @@ extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *ou
     if (threadIdx.x == 0) rowScale[row] = s;
     for (int c = 2 * threadIdx.x; c + 1 < channels; c += 2 * blockDim.x)
         *(unsigned short *)(o + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
-}
-
-/// Per-tensor FP8 quantization of a bf16 tensor whose absolute maximum is already known (amax[0], e.g. gathered by
-/// the kernel that made it): e4m3 codes of x · 448 / amax, and descale[0] = amax / 448.
-extern "C" __global__ void quantize_tensor_fp8(fp8e4m3 *out, float *descale, const bf16 *x, const float *amax, u64 n) {
-    const float a = fmaxf(amax[0], 1e-12f);
-    const float r = 448.f / a;
-    if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = a / 448.f;
-    const bool vec = aligned16(x) && ((u64)out & 7) == 0;
-    FOR_CHUNKS(i, n) {
-        float v[8];
-        load8(x, i, n, vec, v);
-        if (vec && i + KILN_CHUNK <= n) {
-            *reinterpret_cast<uint2 *>(out + i) = pack8_e4m3(v, r);
-        } else {
-            for (int k = 0; k < KILN_CHUNK && i + k < n; k++) out[i + k] = (fp8e4m3)(pack_e4m3x2(v[k] * r, 0.f) & 0xff);
-        }
-    }
 }
 
 /// The inverse, for GEMM shapes cuBLASLt runs only in BF16: out[r, c] = codes[r, c] · scale[r] (C even).

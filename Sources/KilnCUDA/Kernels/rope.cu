@@ -65,7 +65,8 @@ __device__ __forceinline__ uint2 pack4_bf16(const float x[4]) { return make_uint
 /// Q, K and V from the fused projection qkv [B, L, 3·H·128] (8 bytes per lane), norms and rotates Q and K, and writes
 /// all three into tokens outOffset ..< outOffset + L of each batch item's outLength joint tokens. With FP8 the warps
 /// loop over rows (few blocks, so few atomics): Q and K are written as e4m3 with the descales in slots[0], slots[4];
-/// V stays BF16 and its absolute maximum goes into slots[8] (as float bits) for a per-tensor quantization after.
+/// V is not written, only its absolute maximum gathered into slots[8] (as float bits): `quantize_v_fp8` reads it from
+/// qkv again once the whole tensor's maximum is known.
 template <bool FP8>
 __device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
                                                  const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
@@ -87,7 +88,7 @@ __device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, cons
         unpack4(*reinterpret_cast<const uint2 *>(src), xq);
         unpack4(*reinterpret_cast<const uint2 *>(src + width), xk);
         const uint2 rv = *reinterpret_cast<const uint2 *>(src + 2 * width);
-        *reinterpret_cast<uint2 *>(v + dst) = rv;
+        if (!FP8) *reinterpret_cast<uint2 *>(v + dst) = rv;
         uint2 cs = make_uint2(0, 0), sn = make_uint2(0, 0);
         if (rotate) {
             cs = *reinterpret_cast<const uint2 *>(cosTable + (u64)l * 128 + 4 * lane);
@@ -119,10 +120,30 @@ extern "C" __global__ void attention_inputs_d128(bf16 *q, bf16 *k, bf16 *v, cons
     attention_inputs<false>(q, k, v, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, nullptr);
 }
 
-extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
+extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, const bf16 *qkv, const bf16 *qWeight,
                                                      const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
                                                      unsigned rows, int length, int heads, int outLength, int outOffset, float *slots) {
-    attention_inputs<true>(q, k, v, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, slots);
+    attention_inputs<true>(q, k, nullptr, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, slots);
+}
+
+/// One stream's V, the last `width` columns of qkv [B, L, 3·width], as e4m3 scaled by 448 / amax[0] (the whole joint
+/// tensor's maximum, gathered by attention_inputs_fp8_d128 over every stream), into tokens outOffset ..< outOffset + L
+/// of the joint [B, outLength, width]; descale[0] = amax / 448. Read straight from the projection: no BF16 copy of V.
+/// Eight elements a thread (two 8-byte loads: qkv rows are 8-byte aligned), width a multiple of 8.
+extern "C" __global__ void quantize_v_fp8(fp8e4m3 *out, float *descale, const bf16 *qkv, const float *amax, unsigned rows,
+                                          int length, int width, int outLength, int outOffset) {
+    const float a = fmaxf(amax[0], 1e-12f), r = 448.f / a;
+    if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = a / 448.f;
+    const unsigned chunks = width / 8;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * chunks; i += gridDim.x * blockDim.x) {
+        const unsigned token = i / chunks, c = i - token * chunks;
+        const unsigned b = token / length, l = token - b * length;
+        const uint2 *src = reinterpret_cast<const uint2 *>(qkv + (u64)token * 3 * width + 2 * width + 8 * c);
+        float x[8];
+        unpack4(src[0], x);
+        unpack4(src[1], x + 4);
+        *reinterpret_cast<uint2 *>(out + ((u64)b * outLength + outOffset + l) * width + 8 * c) = pack8_e4m3(x, r);
+    }
 }
 
 /// Per-tensor FP8 descales of the joint Q and K from their norm weights (up to two streams; null for none), before
