@@ -116,9 +116,8 @@ extension CUDABackend {
                 let length = s.qkv.shape[1]
                 if wide {
                     try launchKernel("rope", "attention_inputs_d128", grid: ((batch * length * heads + 7) / 8, 1, 1), block: (256, 1, 1)) {
-                        $0.add(q.pointer); $0.add(k.pointer); $0.add(v.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
-                        $0.add(s.keyNorm.pointer); $0.add(nullable(s.rope?.cos)); $0.add(nullable(s.rope?.sin)); $0.add(eps)
-                        $0.add(UInt32(batch * length * heads)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(total)); $0.add(Int32(offset))
+                        $0.add(q.pointer); $0.add(k.pointer); $0.add(v.pointer); $0.add(AttentionStreamArgument(s, offset: offset))
+                        $0.add(eps); $0.add(Int32(heads)); $0.add(Int32(total))
                     }
                     offset += length
                     continue
@@ -139,43 +138,35 @@ extension CUDABackend {
         }
     }
 
-    /// The joint Q, K, V as e4m3 with one scale per tensor, for cuDNN's FP8 attention: Q's and K's scales bound from
-    /// the norm weights before any token is seen (one tiny kernel), so both are written as FP8 in the same pass that
-    /// norms and rotates them; V, not normed, gets its absolute maximum gathered in that pass and is quantized from the
-    /// projection right after (no BF16 copy of V in between). The scalars sit 16 bytes apart (cuDNN's scalar tensors are declared 16-byte aligned): descale Q, descale
-    /// K, amax V, descale V; each tensor's `scales` is a view of its descale (`perTensorScale`).
+    /// The joint Q, K, V as e4m3 with one scale per tensor, for cuDNN's FP8 attention, in two launches for both streams:
+    /// Q and K are normed, rotated and written as FP8 with scales bound from the norm weights (no token needed), while
+    /// V's absolute maximum is gathered per block; then V is quantized from the projections with the whole tensor's
+    /// maximum (no BF16 copy of V). The descales sit 16 bytes apart (cuDNN's scalar tensors are declared 16-byte
+    /// aligned): Q at 0, K at 16, V at 48; each tensor's `scales` is a view of its descale (`perTensorScale`).
     func attentionInputsFP8(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int, total: Int) throws -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         let batch = streams[0].qkv.shape[0], width = heads * 128
         let count = batch * total * width
         let slots = try pool.allocate(64)
-        try launchKernel("rope", "attention_input_scales", grid: (1, 1, 1), block: (128, 1, 1)) {
-            $0.add(slots.pointer); $0.add(streams[0].queryNorm.pointer); $0.add(streams[0].keyNorm.pointer)
-            $0.add(streams.count > 1 ? streams[1].queryNorm.pointer : 0); $0.add(streams.count > 1 ? streams[1].keyNorm.pointer : 0)
-        }
         func fp8(slot: Int) throws -> CUDATensor {
             CUDATensor(storage: try pool.allocate(count), offset: 0, shape: [batch, total, width], type: .fp8,
                        scales: DeviceStorage(viewOf: slots, offset: 16 * slot, bytes: 4), perTensorScale: true)
         }
         let (q, k, v) = (try fp8(slot: 0), try fp8(slot: 1), try fp8(slot: 3))
         var offset = 0
-        for s in streams {
-            let length = s.qkv.shape[1]
-            let rows = batch * length * heads
-            try launchKernel("rope", "attention_inputs_fp8_d128", grid: (min((rows + 7) / 8, device.multiprocessors * 8), 1, 1), block: (256, 1, 1)) {
-                $0.add(q.pointer); $0.add(k.pointer); $0.add(s.qkv.pointer); $0.add(s.queryNorm.pointer)
-                $0.add(s.keyNorm.pointer); $0.add(nullable(s.rope?.cos)); $0.add(nullable(s.rope?.sin)); $0.add(eps)
-                $0.add(UInt32(rows)); $0.add(Int32(length)); $0.add(Int32(heads)); $0.add(Int32(total)); $0.add(Int32(offset)); $0.add(slots.pointer)
-            }
-            offset += length
+        var arguments = streams.map { s in
+            defer { offset += s.qkv.shape[1] }
+            return AttentionStreamArgument(s, offset: offset)
         }
-        offset = 0
-        for s in streams {
-            let length = s.qkv.shape[1]
-            try launchKernel("rope", "quantize_v_fp8", grid: chunkGrid(batch * length * width), block: (256, 1, 1)) {
-                $0.add(v.pointer); $0.add(slots.pointer + 48); $0.add(s.qkv.pointer); $0.add(slots.pointer + 32)
-                $0.add(UInt32(batch * length)); $0.add(Int32(length)); $0.add(Int32(width)); $0.add(Int32(total)); $0.add(Int32(offset))
-            }
-            offset += length
+        if arguments.count == 1 { arguments.append(.none) }
+        let blocks = min((batch * total * heads + 7) / 8, device.multiprocessors * 8)
+        let partials = try pool.allocate(blocks * 4)
+        try launchKernel("rope", "attention_inputs_fp8_d128", grid: (blocks, 1, 1), block: (256, 1, 1)) {
+            $0.add(q.pointer); $0.add(k.pointer); $0.add(slots.pointer); $0.add(partials.pointer); $0.add(arguments[0]); $0.add(arguments[1])
+            $0.add(eps); $0.add(Int32(heads)); $0.add(Int32(total))
+        }
+        try launchKernel("rope", "quantize_v_fp8", grid: (device.multiprocessors * 8, 1, 1), block: (256, 1, 1)) {
+            $0.add(v.pointer); $0.add(slots.pointer + 48); $0.add(partials.pointer); $0.add(Int32(blocks)); $0.add(arguments[0])
+            $0.add(arguments[1]); $0.add(Int32(width)); $0.add(Int32(total))
         }
         return (q, k, v)
     }
@@ -240,5 +231,35 @@ extension CUDABackend {
             $0.add(scale.pointer); $0.add(eps); $0.add(UInt64(rows)); $0.add(UInt64(rowsPerBatch)); $0.add(Int32(channels))
         }
         return true
+    }
+}
+
+/// rope.cu's `AttentionStream`, a kernel parameter passed by value: eight 8-byte fields in the same order.
+struct AttentionStreamArgument {
+    var qkv: UInt64 = 0
+    var queryNorm: UInt64 = 0
+    var keyNorm: UInt64 = 0
+    var cos: UInt64 = 0
+    var sin: UInt64 = 0
+    var tokens: UInt64 = 0
+    var length: UInt64 = 0
+    var offset: UInt64 = 0
+
+    /// No stream (zero tokens).
+    static let none = AttentionStreamArgument()
+
+    private init() {}
+
+    /// Stream `s`, its tokens placed from joint token `offset` on.
+    init(_ s: QKVStream<CUDATensor>, offset: Int) {
+        precondition(MemoryLayout<AttentionStreamArgument>.size == 64, "AttentionStreamArgument must match rope.cu's AttentionStream")
+        qkv = s.qkv.pointer
+        queryNorm = s.queryNorm.pointer
+        keyNorm = s.keyNorm.pointer
+        cos = s.rope?.cos.pointer ?? 0
+        sin = s.rope?.sin.pointer ?? 0
+        tokens = UInt64(s.qkv.shape[0] * s.qkv.shape[1])
+        length = UInt64(s.qkv.shape[1])
+        self.offset = UInt64(offset)
     }
 }

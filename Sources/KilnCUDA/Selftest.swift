@@ -326,6 +326,29 @@ public final class GPUSelftest {
             record("attentionInputs k (\(lengths.count) streams, D \(dim))", shape) { (down(g.k), r.k) }
             record("attentionInputs v (\(lengths.count) streams, D \(dim))", shape) { (down(g.v), r.v) }
         }
+        // The FP8 form (one image, 128-wide heads, for cuDNN's FP8 attention): Q and K with scales bound from the norm
+        // weights, V with its maximum over both streams.
+        let saved = gpu.attentionPrecision
+        defer { gpu.attentionPrecision = saved }
+        gpu.attentionPrecision = .fp8
+        for lengths in [[64, 192], [256]] {
+            let heads = 3
+            let streams = lengths.map { length in
+                QKVStream(qkv: rng.tensor([1, length, 3 * heads * 128], scale: 2), queryNorm: rng.tensor([128], scale: 0.2, offset: 1),
+                          keyNorm: rng.tensor([128], scale: 0.2, offset: 1), rope: ropeTable(length: length, dim: 128))
+            }
+            let r = cpu.attentionInputs(streams, eps: 1e-6, heads: heads)
+            let g = gpu.attentionInputs(streams.map { s in
+                QKVStream(qkv: up(s.qkv), queryNorm: up(s.queryNorm), keyNorm: up(s.keyNorm), rope: s.rope.map { RotaryTable(cos: up($0.cos), sin: up($0.sin)) })
+            }, eps: 1e-6, heads: heads)
+            let shape = [1, lengths.reduce(0, +), heads * 128]
+            for (name, got, want) in [("q", g.q, r.q), ("k", g.k, r.k), ("v", g.v, r.v)] {
+                record("attentionInputs \(name) (\(lengths.count) streams, D 128)", shape, precision: "fp8", tolerance: 5e-2) {
+                    guard got.type == .fp8 else { throw KilnError.unsupported("no FP8 attention inputs (cuDNN FP8 attention unavailable?)") }
+                    return (down(got), want)
+                }
+            }
+        }
     }
 
     func linear() {
@@ -339,7 +362,7 @@ public final class GPUSelftest {
             }
         }
         let m = 4608
-        for shape in GPUSelftest.fluxGemms.prefix(quick ? 2 : 6) {
+        for shape in GPUSelftest.fluxGemms.prefix(quick ? 3 : 6) {
             let x = rng.tensor([m, shape.k]), w = rng.tensor([shape.n, shape.k], scale: 1 / Float(shape.k).squareRoot())
             let b = rng.tensor([shape.n], scale: 0.3)
             let (gx, gw, gb) = (up(x), up(w), up(b))
@@ -377,6 +400,18 @@ public final class GPUSelftest {
                         let ref = cpu.gatedResidual(GPUSelftest.pickRows(residual, pick).reshaped([1, pick.count, shape.n]), gate: gate,
                                                     cpu.linear(xRows, weight: wd, bias: b).reshaped([1, pick.count, shape.n]))
                         return (GPUSelftest.pickRows(y.reshaped([m, shape.n]), pick), ref.reshaped([pick.count, shape.n]))
+                    }
+                }
+                // An MLP hidden layer for FP8 linears: bias in the GEMM, GELU in the per-row quantization.
+                if shape.epilogue == .biasGelu {
+                    record("linear \(shape.name) → fp8 hidden", [m, shape.n, shape.k], precision: "fp8", tolerance: 3e-2,
+                           note: "vs host-quantized reference",
+                           time: { _ = self.gpu.linear(qx, weight: qw, bias: gb, activation: .geluTanh, feedsQuantizableLinears: true) }) {
+                        let y = gpu.linear(qx, weight: qw, bias: gb, activation: .geluTanh, feedsQuantizableLinears: true)
+                        guard y.type == .fp8 else { throw KilnError.invalidArgument("expected an FP8 hidden layer, got \(y.type)") }
+                        let ref = cpu.linear(xRows, weight: wd, bias: b, activation: .geluTanh)
+                        let rounded = HostTensor(shape: ref.shape, data: ref.data.map { NumberFormats.bf16ToFloat(NumberFormats.floatToBF16($0)) })
+                        return (GPUSelftest.pickRows(down(y).reshaped([m, shape.n]), pick), GPUSelftest.quantizeRowsOnHost(rounded))
                     }
                 }
             } catch { say("  FAIL fp8 \(shape.name): \(error)") }

@@ -61,107 +61,119 @@ __device__ __forceinline__ void norm_rotate4(float x[4], const bf16 *weight, uin
 __device__ __forceinline__ void unpack4(uint2 r, float x[4]) { x[0] = bf_lo(r.x); x[1] = bf_hi(r.x); x[2] = bf_lo(r.y); x[3] = bf_hi(r.y); }
 __device__ __forceinline__ uint2 pack4_bf16(const float x[4]) { return make_uint2(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3])); }
 
-/// Joint attention inputs of one stream with 128-wide heads, in one pass: a warp per (token, head) reads that head's
-/// Q, K and V from the fused projection qkv [B, L, 3·H·128] (8 bytes per lane), norms and rotates Q and K, and writes
-/// all three into tokens outOffset ..< outOffset + L of each batch item's outLength joint tokens. With FP8 the warps
-/// loop over rows (few blocks, so few atomics): Q and K are written as e4m3 with the descales in slots[0], slots[4];
-/// V is not written, only its absolute maximum gathered into slots[8] (as float bits): `quantize_v_fp8` reads it from
-/// qkv again once the whole tensor's maximum is known.
+/// One stream of the joint attention inputs: its fused projection qkv [B, L, 3·H·128], Q and K norm weights [128],
+/// rotary tables [L, 128] (null: none) and where its tokens go in the joint sequence. All fields are 8 bytes, matching
+/// `AttentionStreamArgument` on the Swift side field for field.
+struct AttentionStream {
+    const bf16 *qkv;
+    const bf16 *qWeight;
+    const bf16 *kWeight;
+    const bf16 *cosTable;
+    const bf16 *sinTable;
+    u64 tokens;  // B·L
+    u64 length;  // L
+    u64 offset;  // first joint token
+};
+
+/// One (token, head) row of a stream with 128-wide heads, by a warp (8 bytes per lane of each of Q, K, V): Q and K
+/// normed and rotated, then written into the joint tensors (BF16, or e4m3 times rq / rk); V copied (BF16) or only its
+/// absolute maximum folded into `amax` (FP8).
 template <bool FP8>
-__device__ __forceinline__ void attention_inputs(void *q, void *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
-                                                 const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
-                                                 unsigned rows, int length, int heads, int outLength, int outOffset, float *slots) {
+__device__ __forceinline__ float attention_input_row(void *q, void *k, bf16 *v, const AttentionStream &s, unsigned row, int heads,
+                                                     int outLength, float eps, float rq, float rk, float amax) {
     const int lane = threadIdx.x & 31;
     const u64 width = (u64)heads * 128;
-    const bool rotate = cosTable != nullptr;
-    float rq = 1.f, rk = 1.f, amax = 0.f;
-    if (FP8) { rq = 1.f / slots[0]; rk = 1.f / slots[4]; }
-    const unsigned warps = gridDim.x * (blockDim.x >> 5);
-    for (unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += FP8 ? warps : rows) {
-        const unsigned token = row / heads;
-        const int h = (int)(row - token * heads);
-        const unsigned b = token / length;
-        const int l = (int)(token - b * length);
-        const bf16 *src = qkv + token * 3 * width + h * 128 + 4 * lane;
-        const u64 dst = ((u64)(b * outLength + outOffset + l) * heads + h) * 128 + 4 * lane;
-        float xq[4], xk[4], xv[4];
-        unpack4(*reinterpret_cast<const uint2 *>(src), xq);
-        unpack4(*reinterpret_cast<const uint2 *>(src + width), xk);
-        const uint2 rv = *reinterpret_cast<const uint2 *>(src + 2 * width);
-        if (!FP8) *reinterpret_cast<uint2 *>(v + dst) = rv;
-        uint2 cs = make_uint2(0, 0), sn = make_uint2(0, 0);
-        if (rotate) {
-            cs = *reinterpret_cast<const uint2 *>(cosTable + (u64)l * 128 + 4 * lane);
-            sn = *reinterpret_cast<const uint2 *>(sinTable + (u64)l * 128 + 4 * lane);
-        }
-        norm_rotate4(xq, qWeight, cs, sn, rotate, lane, eps);
-        norm_rotate4(xk, kWeight, cs, sn, rotate, lane, eps);
-        if (FP8) {
-            *reinterpret_cast<unsigned *>((fp8e4m3 *)q + dst) = pack4_e4m3(xq, rq);
-            *reinterpret_cast<unsigned *>((fp8e4m3 *)k + dst) = pack4_e4m3(xk, rk);
-            unpack4(rv, xv);
-            amax = fmaxf(amax, fmaxf(fmaxf(fabsf(xv[0]), fabsf(xv[1])), fmaxf(fabsf(xv[2]), fabsf(xv[3]))));
-        } else {
-            *reinterpret_cast<uint2 *>((bf16 *)q + dst) = pack4_bf16(xq);
-            *reinterpret_cast<uint2 *>((bf16 *)k + dst) = pack4_bf16(xk);
-        }
+    // 32-bit index arithmetic (64-bit division is a long instruction sequence): rows and tokens fit.
+    const unsigned token = row / heads;
+    const int h = (int)(row - token * heads);
+    const unsigned b = token / (unsigned)s.length;
+    const unsigned l = token - b * (unsigned)s.length;
+    const bf16 *src = s.qkv + token * 3 * width + h * 128 + 4 * lane;
+    const u64 dst = (((u64)b * outLength + s.offset + l) * heads + h) * 128 + 4 * lane;
+    float xq[4], xk[4], xv[4];
+    unpack4(*reinterpret_cast<const uint2 *>(src), xq);
+    unpack4(*reinterpret_cast<const uint2 *>(src + width), xk);
+    const uint2 rv = *reinterpret_cast<const uint2 *>(src + 2 * width);
+    const bool rotate = s.cosTable != nullptr;
+    uint2 cs = make_uint2(0, 0), sn = make_uint2(0, 0);
+    if (rotate) {
+        cs = *reinterpret_cast<const uint2 *>(s.cosTable + (u64)l * 128 + 4 * lane);
+        sn = *reinterpret_cast<const uint2 *>(s.sinTable + (u64)l * 128 + 4 * lane);
     }
+    norm_rotate4(xq, s.qWeight, cs, sn, rotate, lane, eps);
+    norm_rotate4(xk, s.kWeight, cs, sn, rotate, lane, eps);
     if (FP8) {
-        __shared__ float scratch[32];
-        amax = block_max(amax, scratch);
-        // Non-negative floats order as their bit patterns do.
-        if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned *>(slots + 8), __float_as_uint(amax));
+        *reinterpret_cast<unsigned *>((fp8e4m3 *)q + dst) = pack4_e4m3(xq, rq);
+        *reinterpret_cast<unsigned *>((fp8e4m3 *)k + dst) = pack4_e4m3(xk, rk);
+        unpack4(rv, xv);
+        return fmaxf(amax, fmaxf(fmaxf(fabsf(xv[0]), fabsf(xv[1])), fmaxf(fabsf(xv[2]), fabsf(xv[3]))));
     }
+    *reinterpret_cast<uint2 *>((bf16 *)q + dst) = pack4_bf16(xq);
+    *reinterpret_cast<uint2 *>((bf16 *)k + dst) = pack4_bf16(xk);
+    *reinterpret_cast<uint2 *>(v + dst) = rv;
+    return amax;
 }
 
-extern "C" __global__ void attention_inputs_d128(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const bf16 *qWeight,
-                                                 const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
-                                                 unsigned rows, int length, int heads, int outLength, int outOffset) {
-    attention_inputs<false>(q, k, v, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, nullptr);
+/// Joint attention inputs of one stream, BF16: a warp per (token, head).
+extern "C" __global__ void attention_inputs_d128(bf16 *q, bf16 *k, bf16 *v, AttentionStream s, float eps, int heads, int outLength) {
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row < s.tokens * heads) attention_input_row<false>(q, k, v, s, row, heads, outLength, eps, 1.f, 1.f, 0.f);
 }
 
-extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, const bf16 *qkv, const bf16 *qWeight,
-                                                     const bf16 *kWeight, const bf16 *cosTable, const bf16 *sinTable, float eps,
-                                                     unsigned rows, int length, int heads, int outLength, int outOffset, float *slots) {
-    attention_inputs<true>(q, k, nullptr, qkv, qWeight, kWeight, cosTable, sinTable, eps, rows, length, heads, outLength, outOffset, slots);
+/// The largest |w| of a 128-wide norm weight, over the warp (4 per lane).
+__device__ __forceinline__ float norm_weight_amax(const bf16 *w) {
+    float x[4];
+    unpack4(*reinterpret_cast<const uint2 *>(w + 4 * (threadIdx.x & 31)), x);
+    return warp_max(fmaxf(fmaxf(fabsf(x[0]), fabsf(x[1])), fmaxf(fabsf(x[2]), fabsf(x[3]))));
 }
 
-/// One stream's V, the last `width` columns of qkv [B, L, 3·width], as e4m3 scaled by 448 / amax[0] (the whole joint
-/// tensor's maximum, gathered by attention_inputs_fp8_d128 over every stream), into tokens outOffset ..< outOffset + L
-/// of the joint [B, outLength, width]; descale[0] = amax / 448. Read straight from the projection: no BF16 copy of V.
-/// Eight elements a thread (two 8-byte loads: qkv rows are 8-byte aligned), width a multiple of 8.
-extern "C" __global__ void quantize_v_fp8(fp8e4m3 *out, float *descale, const bf16 *qkv, const float *amax, unsigned rows,
-                                          int length, int width, int outLength, int outOffset) {
-    const float a = fmaxf(amax[0], 1e-12f), r = 448.f / a;
+/// Joint FP8 attention inputs of up to two streams (s1.tokens = 0: one) in one launch, warps looping over the rows of
+/// both. Q and K get per-tensor descales bound from the norm weights before any token is seen: an RMS-normed head has
+/// every |x_i| <= sqrt(D), so |q_i| <= sqrt(D) max|w| (the rotation keeps pair norms; 2% margin for the bf16 rounding
+/// of the weights' products and the tables). They are written as e4m3 with those scales, the descales into slots[0]
+/// and slots[4]. V is only read, for its absolute maximum: each block's goes into partials[blockIdx.x], for
+/// `quantize_v_fp8`, which quantizes V once the whole tensor's maximum is known (no zeroed accumulator to prepare).
+extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, float *slots, float *partials, AttentionStream s0,
+                                                     AttentionStream s1, float eps, int heads, int outLength) {
+    float mq = norm_weight_amax(s0.qWeight), mk = norm_weight_amax(s0.kWeight);
+    if (s1.tokens) { mq = fmaxf(mq, norm_weight_amax(s1.qWeight)); mk = fmaxf(mk, norm_weight_amax(s1.kWeight)); }
+    const float bound = 1.02f * sqrtf(128.f) / 448.f;
+    const float dq = fmaxf(mq, 1e-12f) * bound, dk = fmaxf(mk, 1e-12f) * bound;
+    if (blockIdx.x == 0 && threadIdx.x == 0) { slots[0] = dq; slots[4] = dk; }
+    const float rq = 1.f / dq, rk = 1.f / dk;
+    const unsigned rows0 = s0.tokens * heads, rows = rows0 + s1.tokens * heads;
+    const unsigned warps = gridDim.x * (blockDim.x >> 5);
+    float amax = 0.f;
+    for (unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += warps)
+        amax = row < rows0 ? attention_input_row<true>(q, k, nullptr, s0, row, heads, outLength, eps, rq, rk, amax)
+                           : attention_input_row<true>(q, k, nullptr, s1, row - rows0, heads, outLength, eps, rq, rk, amax);
+    __shared__ float scratch[32];
+    amax = block_max(amax, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = amax;
+}
+
+/// The joint V of up to two streams (the last `width` columns of each qkv) as e4m3 scaled by 448 / amax, amax the
+/// largest of attention_inputs_fp8_d128's `count` block maxima; descale[0] = amax / 448. Read straight from the
+/// projections: no BF16 copy of V. Eight elements a thread (two 8-byte loads: qkv rows are 8-byte aligned).
+extern "C" __global__ void quantize_v_fp8(fp8e4m3 *out, float *descale, const float *partials, int count, AttentionStream s0,
+                                          AttentionStream s1, int width, int outLength) {
+    __shared__ float scratch[32];
+    float a = 0.f;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) a = fmaxf(a, partials[i]);
+    a = fmaxf(block_max(a, scratch), 1e-12f);
+    const float r = 448.f / a;
     if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = a / 448.f;
-    const unsigned chunks = width / 8;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * chunks; i += gridDim.x * blockDim.x) {
-        const unsigned token = i / chunks, c = i - token * chunks;
-        const unsigned b = token / length, l = token - b * length;
-        const uint2 *src = reinterpret_cast<const uint2 *>(qkv + (u64)token * 3 * width + 2 * width + 8 * c);
+    const unsigned chunks = width / 8, chunks0 = s0.tokens * chunks, total = chunks0 + s1.tokens * chunks;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const bool first = i < chunks0;
+        const AttentionStream &s = first ? s0 : s1;
+        const unsigned j = first ? i : i - chunks0;
+        const unsigned token = j / chunks, c = j - token * chunks;
+        const unsigned b = token / (unsigned)s.length, l = token - b * (unsigned)s.length;
+        const uint2 *src = reinterpret_cast<const uint2 *>(s.qkv + (u64)token * 3 * width + 2 * width + 8 * c);
         float x[8];
         unpack4(src[0], x);
         unpack4(src[1], x + 4);
-        *reinterpret_cast<uint2 *>(out + ((u64)b * outLength + outOffset + l) * width + 8 * c) = pack8_e4m3(x, r);
-    }
-}
-
-/// Per-tensor FP8 descales of the joint Q and K from their norm weights (up to two streams; null for none), before
-/// any token is seen: an RMS-normed head has every |x_i| <= sqrt(D), so |q_i| <= sqrt(D) max|w| (the rotation keeps
-/// pair norms; 2% margin for bf16 rounding of the weights' products and the tables). slots, 16 bytes apart: descale Q,
-/// descale K, amax V (zeroed here), descale V. One block of 128 threads.
-extern "C" __global__ void attention_input_scales(float *slots, const bf16 *qWeight0, const bf16 *kWeight0,
-                                                  const bf16 *qWeight1, const bf16 *kWeight1) {
-    __shared__ float scratch[32];
-    const int c = threadIdx.x;
-    float mq = fabsf(bf2f(qWeight0[c])), mk = fabsf(bf2f(kWeight0[c]));
-    if (qWeight1) { mq = fmaxf(mq, fabsf(bf2f(qWeight1[c]))); mk = fmaxf(mk, fabsf(bf2f(kWeight1[c]))); }
-    mq = block_max(mq, scratch);
-    mk = block_max(mk, scratch);
-    const float bound = 1.02f * sqrtf(128.f) / 448.f;
-    if (c == 0) {
-        slots[0] = fmaxf(mq, 1e-12f) * bound;
-        slots[4] = fmaxf(mk, 1e-12f) * bound;
-        slots[8] = 0.f;
+        *reinterpret_cast<uint2 *>(out + (((u64)b * outLength + s.offset + l) * width + 8 * c)) = pack8_e4m3(x, r);
     }
 }
