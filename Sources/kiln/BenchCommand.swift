@@ -46,9 +46,9 @@ struct BenchCommand: ParsableCommand, BackendJob {
         var runReports: [JSON] = []
         var eagerSteps: [Double] = []
         var loopTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
-        var decodeTimes: [Double] = []
+        var decodeTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
         var pngTimes: [Double] = []
-        var runTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
+        var runTimes: [(loop: TextToImagePipeline<B>.LoopMode, decode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
         var firstImage = 0.0
         var profile: [OpProfile.Entry] = [], laterProfile: [OpProfile.Entry] = []
         _ = try (backend as? CUDABackend)?.profile?.report()  // drops the loading work (random weights, quantization)
@@ -78,8 +78,8 @@ struct BenchCommand: ParsableCommand, BackendJob {
             }
             if run > 0 || runs == 0 {
                 loopTimes.append((pipeline.lastLoop, loop))
-                decodeTimes.append(pngStart - decodeStart)
-                runTimes.append((pipeline.lastLoop, end - start))
+                decodeTimes.append((pipeline.lastDecode, pngStart - decodeStart))
+                runTimes.append((pipeline.lastLoop, pipeline.lastDecode, end - start))
                 pngTimes.append(end - pngStart)
             }
             runReports.append(.object([
@@ -100,8 +100,15 @@ struct BenchCommand: ParsableCommand, BackendJob {
         let (stepSource, stepSamples) = !replays.isEmpty ? ("graph replays (loop time / steps)", replays)
             : !eagerSteps.isEmpty ? ("eager steps", eagerSteps) : ("the captured run (loop time / steps, capture included)", captured)
         let stepMedian = BenchCommand.median(stepSamples)
-        let replayedRuns = runTimes.filter { $0.mode == .replayed }.map(\.seconds)
-        let imageTimes = replayedRuns.isEmpty ? runTimes.filter { $0.mode != .captured }.map(\.seconds) : replayedRuns
+        // Likewise the decode (replays: what a serving process sees once warm), and the image: runs that replayed both
+        // graphs, else runs that replayed the loop, else runs without captures.
+        let decodeReplays = decodeTimes.filter { $0.mode == .replayed }.map(\.seconds)
+        let (decodeSource, decodeSamples) = !decodeReplays.isEmpty ? ("graph replays", decodeReplays)
+            : ("runs that did not capture", decodeTimes.filter { $0.mode != .captured }.map(\.seconds))
+        let fullyReplayed = runTimes.filter { $0.loop == .replayed && $0.decode == .replayed }.map(\.seconds)
+        let loopReplayed = runTimes.filter { $0.loop == .replayed }.map(\.seconds)
+        let imageTimes = !fullyReplayed.isEmpty ? fullyReplayed : !loopReplayed.isEmpty ? loopReplayed
+            : runTimes.filter { $0.loop != .captured && $0.decode != .captured }.map(\.seconds)
         let config = pipeline.transformer.config
         let (h, w) = prepared.options.latentSize
         let flops = config.stepFLOPs(imageTokens: (h / 2) * (w / 2), textTokens: prepared.prompt.sequence.shape[1])
@@ -128,11 +135,12 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("eager_step_ms", .array(eagerSteps.map { .number(BenchCommand.rounded($0 * 1000)) })),
             ("step_median_ms", .number(BenchCommand.rounded(stepMedian * 1000))),
             ("step_tflops", .number(BenchCommand.rounded(flops / stepMedian / 1e12))),
-            ("vae_decode_median_ms", .number(BenchCommand.rounded(BenchCommand.median(decodeTimes) * 1000))),
+            ("vae_decode_source", .string(decodeSource)),
+            ("vae_decode_median_ms", decodeSamples.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(decodeSamples) * 1000))),
             ("png_median_ms", .number(BenchCommand.rounded(BenchCommand.median(pngTimes) * 1000))),
             ("text_encoders_warm_ms", prepared.warmTextEncodingSeconds.map { .number(BenchCommand.rounded($0 * 1000)) } ?? .null),
-            // Per image, the median run whose loop replayed a graph (any later run without graphs): setup, loop, decode,
-            // PNG (embeddings given) ...
+            // Per image, the median of the runs chosen above (`imageTimes`): setup, loop, decode, PNG (embeddings
+            // given) ...
             ("image_median_ms", imageTimes.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(imageTimes) * 1000))),
             // ... and with the text encoders, where they ran (loaded, warm) before it.
             ("pipeline_median_ms", prepared.warmTextEncodingSeconds.flatMap { text in

@@ -113,7 +113,7 @@ def main():
     for variant, steps, key in [("dev", 28, "pipeline_with_text_encoders"), ("schnell", 4, "schnell_pipeline_with_text_encoders")]:
         bench = os.path.join(folder, f"bench-{variant}.json")
         subprocess.run([args.kiln, "bench", "--device", "cuda", "--random-weights", variant, "--text-encoders", folder, "--prompt", PROMPT,
-                        "--no-prompt-cache", "--width", "1024", "--height", "1024", "--steps", str(steps), "--runs", "3", "--json", bench],
+                        "--no-prompt-cache", "--width", "1024", "--height", "1024", "--steps", str(steps), "--runs", "5", "--json", bench],
                        check=True)
         result[key] = json.load(open(bench))
     json.dump(result, open(args.json, "w"), indent=1)
