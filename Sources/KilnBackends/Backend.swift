@@ -136,9 +136,6 @@ public protocol Backend: AnyObject {
     /// `feedsQuantizableLinears`: the result goes only into `.quantizableLinear` layers, so the backend may hand it
     /// over in their input precision (FP8 with per-row scales on CUDA under `--precision fp8`).
     func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float, feedsQuantizableLinears: Bool) -> Tensor
-    /// `linear(x, weight:, bias:, activation:)` whose result goes only into `.quantizableLinear` layers (an MLP's
-    /// hidden layer), so the backend may hand it over in their input precision, as `layerNormModulate` may.
-    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, activation: Activation, feedsQuantizableLinears: Bool) -> Tensor
     /// `x + gate * y`, `gate` `[B, C]` broadcast over the sequence.
     func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
@@ -230,10 +227,6 @@ extension Backend {
     /// `layerNormModulate` with a result in the activation precision.
     public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float) -> Tensor {
         layerNormModulate(x, shift: shift, scale: scale, eps: eps, feedsQuantizableLinears: false)
-    }
-
-    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, activation: Activation, feedsQuantizableLinears: Bool) -> Tensor {
-        linear(x, weight: weight, bias: bias, activation: activation)
     }
 
     public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {

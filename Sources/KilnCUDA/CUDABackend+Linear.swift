@@ -17,15 +17,15 @@ extension CUDABackend {
         return p
     }
 
-    /// Per-row FP8 quantization of a BF16 matrix (last dimension = row); `geluTanh`: of GELU(x) instead.
-    public func quantizeRows(_ x: CUDATensor, geluTanh: Bool = false) throws -> CUDATensor {
+    /// Per-row FP8 quantization of a BF16 matrix (last dimension = row).
+    public func quantizeRows(_ x: CUDATensor) throws -> CUDATensor {
         requireBF16(x, op: "quantizeRows")
         let channels = x.shape.last!
         precondition(channels % 2 == 0, "quantizeRows: odd row length \(channels)")
         let rows = x.count / channels
         let out = try empty(x.shape, .fp8)
         try launchKernel("norm", "quantize_rows_fp8", grid: (rows, 1, 1), block: rowBlock(channels)) {
-            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(Int32(channels)); $0.add(Int32(geluTanh ? 1 : 0))
+            $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(Int32(channels))
         }
         return out
     }
@@ -100,16 +100,6 @@ extension CUDABackend {
             case .silu: return activation(try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias), .silu)
             }
         }
-    }
-
-    /// With FP8 weights, GELU and a result only for FP8 linears (FLUX's MLP hidden layer), the GEMM adds the bias only
-    /// and GELU runs in the per-row quantization its consumer needs anyway: the result is FP8 with per-row scales.
-    public func linear(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, activation kind: Activation,
-                       feedsQuantizableLinears: Bool) -> CUDATensor {
-        guard feedsQuantizableLinears, kind == .geluTanh, weight.type == .fp8 else {
-            return linear(x, weight: weight, bias: bias, activation: kind)
-        }
-        return attempt { try quantizeRows(try gemm(x, weight: weight, bias: bias, epilogue: bias == nil ? .none : .bias), geluTanh: true) }
     }
 
     /// With FP8 weights and one gate row the whole expression is one GEMM: the gate scales the weight's per-channel

@@ -30,9 +30,8 @@ public struct Linear<B: Backend> {
     public let weight: B.Tensor
     public let bias: B.Tensor?
 
-    /// `feedsQuantizableLinears`: the result goes only into other linear layers' inputs (see `Backend.linear`).
-    public func callAsFunction(_ x: B.Tensor, _ backend: B, activation: Activation = .none, feedsQuantizableLinears: Bool = false) -> B.Tensor {
-        backend.linear(x, weight: weight, bias: bias, activation: activation, feedsQuantizableLinears: feedsQuantizableLinears)
+    public func callAsFunction(_ x: B.Tensor, _ backend: B, activation: Activation = .none) -> B.Tensor {
+        backend.linear(x, weight: weight, bias: bias, activation: activation)
     }
 
     /// `residual + gate · self(x)`, fused where the backend can.

@@ -89,15 +89,6 @@ __device__ __forceinline__ float gelu_tanh_f(float v) {
     return 0.5f * v * (1.f + tanhf(k * (v + 0.044715f * v * v * v)));
 }
 
-/// GELU (tanh form) with tanh from the MUFU approximation (relative error ~2^-11, below the bf16 rounding that follows
-/// it): a few instructions, where `tanhf` would make a memory-bound pass compute-bound.
-__device__ __forceinline__ float gelu_tanh_fast(float v) {
-    const float k = 0.7978845608028654f;
-    float t;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(k * (v + 0.044715f * v * v * v)));
-    return 0.5f * v * (1.f + t);
-}
-
 __device__ __forceinline__ float activate(float v, int kind) {
     return kind == 1 ? silu_f(v) : kind == 2 ? gelu_tanh_f(v) : v;
 }

@@ -79,15 +79,6 @@ __device__ __forceinline__ float chunk_amax(uint4 v, float amax) {
     return amax;
 }
 
-/// GELU of the chunk, rounded back to bf16 as a GEMM's GELU epilogue would store it.
-__device__ __forceinline__ uint4 chunk_gelu(uint4 v) {
-    float f[8];
-    unpack8(v, f);
-#pragma unroll
-    for (int k = 0; k < 8; k++) f[k] = gelu_tanh_fast(f[k]);
-    return pack8(f);
-}
-
 __device__ __forceinline__ uint2 chunk_e4m3(uint4 v, float r) {
     float f[8];
     unpack8(v, f);
@@ -266,10 +257,8 @@ extern "C" __global__ void __launch_bounds__(256) layernorm_modulate_fp8(fp8e4m3
 /// Per-row dynamic FP8 quantization of a bf16 matrix [rows, C] (C even): e4m3 values and fp32 scales (amax / 448).
 /// Used for activations before an FP8 GEMM and for weights (per output channel) at load. One block per row; where C is
 /// a multiple of 8, the rows are aligned and each thread's share fits ROW_CHUNKS chunks, the row is read once into
-/// registers (16-byte loads), else twice. `gelu`: GELU(x) (rounded to bf16) is quantized instead, for an MLP hidden
-/// layer whose GEMM wrote x + bias (a GELU epilogue slows FLUX's FP8 MLP-in GEMMs by ~10%; here it is free).
-extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, int channels,
-                                                                     int gelu) {
+/// registers (16-byte loads), else twice.
+extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *out, float *rowScale, const bf16 *x, int channels) {
     __shared__ float scratch[32];
     const u64 row = blockIdx.x;
     const bf16 *xr = x + row * channels;
@@ -279,22 +268,18 @@ extern "C" __global__ void __launch_bounds__(1024) quantize_rows_fp8(fp8e4m3 *ou
 #pragma unroll
         for (int j = 0; j < ROW_CHUNKS; j++) {
             const int c8 = threadIdx.x + j * blockDim.x;
-            if (c8 < channels / 8) {
-                v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * c8);
-                if (gelu) v[j] = chunk_gelu(v[j]);
-            }
+            if (c8 < channels / 8) v[j] = *reinterpret_cast<const uint4 *>(xr + 8 * c8);
         }
         quantize_held_row(o, rowScale, row, v, channels, scratch);
         return;
     }
-    auto value = [&](int c) { return gelu ? bf2f(f2bf(gelu_tanh_fast(bf2f(xr[c])))) : bf2f(xr[c]); };
     float amax = 0.f;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) amax = fmaxf(amax, fabsf(value(c)));
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) amax = fmaxf(amax, fabsf(bf2f(xr[c])));
     const float s = fmaxf(block_max(amax, scratch), 1e-12f) / 448.f;
     const float r = 1.f / s;
     if (threadIdx.x == 0) rowScale[row] = s;
     for (int c = 2 * threadIdx.x; c + 1 < channels; c += 2 * blockDim.x)
-        *(unsigned short *)(o + c) = pack_e4m3x2(value(c) * r, value(c + 1) * r);
+        *(unsigned short *)(o + c) = pack_e4m3x2(bf2f(xr[c]) * r, bf2f(xr[c + 1]) * r);
 }
 
 /// The inverse, for GEMM shapes cuBLASLt runs only in BF16: out[r, c] = codes[r, c] · scale[r] (C even).

@@ -68,7 +68,7 @@ public struct DoubleStreamBlock<B: Backend> {
         func finish(_ x: B.Tensor, _ attention: B.Tensor, _ mod: [ModulationVectors<B.Tensor>], _ stream: StreamWeights<B>) -> B.Tensor {
             let x = stream.projection(attention, backend, gate: mod[0].gate, residual: x)
             let normed = backend.layerNormModulate(x, shift: mod[1].shift, scale: mod[1].scale, eps: 1e-6, feedsQuantizableLinears: true)
-            return stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh, feedsQuantizableLinears: true), backend, gate: mod[1].gate, residual: x)
+            return stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend, gate: mod[1].gate, residual: x)
         }
         return backend.concurrently({ finish(img, imageAttention, imageMod, image) }, { finish(txt, textAttention, textMod, text) })
     }

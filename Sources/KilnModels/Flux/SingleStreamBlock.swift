@@ -47,7 +47,7 @@ public struct SingleStreamBlock<B: Backend> {
         let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6, feedsQuantizableLinears: true)
         let (q, k, v) = backend.attentionInputs([QKVStream(qkv: qkv(normed, backend), queryNorm: queryNorm, keyNorm: keyNorm, rope: rope)],
                                                 eps: 1e-6, heads: heads)
-        let mlp = mlpIn(normed, backend, activation: .geluTanh, feedsQuantizableLinears: true)
+        let mlp = mlpIn(normed, backend, activation: .geluTanh)
         let attended = backend.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
         return mlpOut(mlp, backend, gate: mod.gate, residual: attentionOut(attended, backend, gate: mod.gate, residual: x))
     }
