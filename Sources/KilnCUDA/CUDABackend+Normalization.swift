@@ -33,6 +33,8 @@ extension CUDABackend {
         }
     }
 
+    /// Two launches after zeroing the sums (groupnorm.cu): per-group sums, then the normalization, which derives
+    /// each channel's coefficients from the sums itself.
     public func groupNorm(_ x: CUDATensor, groups: Int, weight: CUDATensor, bias: CUDATensor, eps: Float, silu: Bool) -> CUDATensor {
         attempt {
             requireBF16(x, weight, bias, op: "groupNorm")
@@ -40,30 +42,24 @@ extension CUDABackend {
             let pixels = x.count / (batch * c)
             precondition(c % groups == 0 && groups <= 64, "groupNorm: \(c) channels in \(groups) groups")
             let statsBuffer = try pool.allocate(batch * groups * 2 * 8)
-            let coefficients = try pool.allocate(batch * c * 8)
             try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: currentStream)
             let (grid, block) = groupNormLaunch(pixels: pixels, channels: c, batch: batch)
             try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: grid, block: block) {
                 $0.add(statsBuffer.pointer); $0.add(x.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups))
             }
-            try launchKernel("groupnorm", "groupnorm_coefficients", grid: (batch, 1, 1), block: (256, 1, 1)) {
-                $0.add(coefficients.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
-                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups))
-            }
             let out = try empty(x.shape)
-            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
-                $0.add(out.pointer); $0.add(x.pointer); $0.add(coefficients.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c))
-                $0.add(Int32(silu ? 1 : 0)); $0.add(UInt64(x.count))
+            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: grid, block: block) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
+                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(Int32(silu ? 1 : 0))
             }
-            withExtendedLifetime(coefficients) {}
             withExtendedLifetime(statsBuffer) {}
             return out
         }
     }
 
-    /// The grid and block of the group-norm stats kernel: where C is a multiple of 8, blocks of whole pixels (a multiple
+    /// The grid and block both group-norm kernels run: where C is a multiple of 8, blocks of whole pixels (a multiple
     /// of the C / 8 16-byte lanes of a pixel, about 256 threads, so each thread keeps one channel chunk); one row of
-    /// blocks per batch item, in all about 1024 threads an SM (the kernel's 64-register bound lets that many stay
+    /// blocks per batch item, in all about 1024 threads an SM (the kernels' 64-register bound lets that many stay
     /// resident, one wave), each striding over pixels, or fewer where the tensor is small.
     func groupNormLaunch(pixels: Int, channels: Int, batch: Int) -> (grid: (Int, Int, Int), block: (Int, Int, Int)) {
         let lanes = channels / 8

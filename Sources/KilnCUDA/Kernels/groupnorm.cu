@@ -1,12 +1,12 @@
-// Group norm over NHWC [B, P, C] (P pixels) with per-channel affine and optional SiLU, in three launches: sums per
-// (batch, group) accumulated in fp64 (stats), per-(batch, channel) coefficients a, b with y = a·x + b
-// (coefficients), and one pass over 8-element chunks (apply). Stats runs a fixed grid (blockIdx.y the batch item)
-// sized to fill the GPU once, striding over pixels; on its 16-byte path (C a multiple of 8, blockDim a multiple of the
-// C / 8 lanes of a pixel, aligned) each thread owns one 8-channel chunk of every stride-th pixel.
+// Group norm over NHWC [B, P, C] (P pixels) with per-channel affine and optional SiLU, in two launches: sums per
+// (batch, group) accumulated in fp64 (stats), then one pass that turns them into each channel's y = a·x + b and
+// normalizes (apply). Both run a fixed grid (blockIdx.y the batch item) sized to fill the GPU once, striding over
+// pixels. On the 16-byte path (C a multiple of 8, blockDim a multiple of the C / 8 lanes of a pixel, aligned pointers)
+// each thread owns one 8-channel chunk of every stride-th pixel, so what depends on the channel stays in registers.
 #include "kiln_common.cuh"
 
 // Pixels a thread loads before using any of them: with ~1024 threads an SM, 64 KiB in flight per SM, well over what
-// covers HBM latency. The launch bounds ask for one block of 1024 at least, which caps them at 64 registers
+// covers HBM latency. Both kernels' launch bounds ask for one block of 1024 at least, which caps them at 64 registers
 // and lets ptxas spend them all; with no minimum it trades registers for occupancy and serializes the loads.
 #define GN_UNROLL 4
 
@@ -98,46 +98,61 @@ extern "C" __global__ void __launch_bounds__(1024, 1) groupnorm_stats_bf16(doubl
     for (int i = threadIdx.x; i < 2 * groups; i += blockDim.x) atomicAdd(&stats[(u64)b * 2 * groups + i], (double)partial[i]);
 }
 
-/// coefficients [B, C] of (a, b): a = weight / sqrt(var + eps), b = bias - mean·a. Grid (B).
-extern "C" __global__ void groupnorm_coefficients(float2 *coefficients, const double *stats, const bf16 *weight,
-                                                  const bf16 *bias, float eps, u64 pixels, int channels, int groups) {
-    const int b = blockIdx.x;
-    const int width = channels / groups;
-    const double count = (double)pixels * width;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
-        const int g = c / width;
-        const double mean = stats[((u64)b * groups + g) * 2] / count;
-        const double var = fmax(stats[((u64)b * groups + g) * 2 + 1] / count - mean * mean, 0.0);
-        const float a = (float)(1.0 / sqrt(var + eps)) * bf2f(weight[c]);
-        coefficients[(u64)b * channels + c] = make_float2(a, bf2f(bias[c]) - (float)mean * a);
-    }
+/// Channel c's (a, b) of y = a·x + b from its group's mean and 1 / sqrt(var + eps).
+__device__ __forceinline__ float2 channel_affine(int c, int width, const float *mean, const float *inverseDeviation,
+                                                 const bf16 *weight, const bf16 *bias) {
+    const int g = c / width;
+    const float a = inverseDeviation[g] * bf2f(weight[c]);
+    return make_float2(a, bf2f(bias[c]) - mean[g] * a);
 }
 
-extern "C" __global__ void groupnorm_apply_bf16(bf16 *out, const bf16 *x, const float2 *coefficients, u64 pixels,
-                                                int channels, int silu, u64 n) {
-    const bool vec = aligned16(out) && aligned16(x) && channels % 8 == 0;
-    FOR_CHUNKS(i, n) {
-        float v[8];
-        load8(x, i, n, vec, v);
+/// out = x normalized with stats (from groupnorm_stats_bf16), times weight plus bias, then SiLU when `silu`. Grid and
+/// block as for the stats kernel. Each block first turns its batch item's stats into per-group mean and
+/// 1 / sqrt(var + eps) in shared memory.
+extern "C" __global__ void __launch_bounds__(1024, 1) groupnorm_apply_bf16(bf16 *out, const bf16 *x, const double *stats,
+                                                                         const bf16 *weight, const bf16 *bias, float eps,
+                                                                         u64 pixels, int channels, int groups, int silu) {
+    __shared__ float mean[64], inverseDeviation[64];
+    const int b = blockIdx.y;
+    const int width = channels / groups;
+    const double count = (double)pixels * width;
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+        const double m = stats[((u64)b * groups + g) * 2] / count;
+        const double var = fmax(stats[((u64)b * groups + g) * 2 + 1] / count - m * m, 0.0);
+        mean[g] = (float)m;
+        inverseDeviation[g] = (float)(1.0 / sqrt(var + eps));
+    }
+    __syncthreads();
+    const u64 n = pixels * channels;
+    const bf16 *src = x + (u64)b * n;
+    bf16 *dst = out + (u64)b * n;
+    const int lanes = channels / 8;
+    if (channels % 8 == 0 && blockDim.x % lanes == 0 && aligned16(src) && aligned16(dst)) {
+        const int lane = threadIdx.x % lanes, c0 = lane * 8, rows = blockDim.x / lanes;
         float2 ab[8];
-        if (vec && i + KILN_CHUNK <= n) {
-            // A whole chunk sits in one pixel: its 8 coefficient pairs are 64 contiguous bytes.
-            const float4 *c4 = reinterpret_cast<const float4 *>(coefficients + vector_index(i, channels, pixels, 1));
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float4 c = c4[k];
-                ab[2 * k] = make_float2(c.x, c.y);
-                ab[2 * k + 1] = make_float2(c.z, c.w);
+        for (int k = 0; k < 8; k++) ab[k] = channel_affine(c0 + k, width, mean, inverseDeviation, weight, bias);
+        uint4 *dst4 = reinterpret_cast<uint4 *>(dst);
+        for_pixel_chunks<false>(reinterpret_cast<const uint4 *>(src), pixels, lanes, lane,
+                                (u64)blockIdx.x * rows + threadIdx.x / lanes, (u64)gridDim.x * rows, [&](u64 p, uint4 chunk) {
+            float v[8];
+            unpack8(chunk, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                v[k] = v[k] * ab[k].x + ab[k].y;
+                if (silu) v[k] = silu_f(v[k]);
             }
-        } else {
-#pragma unroll
-            for (int k = 0; k < 8; k++) ab[k] = i + k < n ? coefficients[vector_index(i + k, channels, pixels, 1)] : make_float2(0.f, 0.f);
+            dst4[p * lanes + lane] = pack8(v);
+        });
+    } else {
+        int c, step;
+        for (u64 i = scalar_start(channels, c, step); i < n; i += (u64)gridDim.x * blockDim.x) {
+            const float2 ab = channel_affine(c, width, mean, inverseDeviation, weight, bias);
+            float v = bf2f(src[i]) * ab.x + ab.y;
+            if (silu) v = silu_f(v);
+            dst[i] = f2bf(v);
+            c += step;
+            if (c >= channels) c -= channels;
         }
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            v[k] = v[k] * ab[k].x + ab[k].y;
-            if (silu) v[k] = silu_f(v[k]);
-        }
-        store8(out, i, n, vec, v);
     }
 }
