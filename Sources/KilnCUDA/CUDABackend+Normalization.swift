@@ -33,6 +33,8 @@ extension CUDABackend {
         }
     }
 
+    /// Two launches after zeroing the sums (groupnorm.cu): per-group sums, then the normalization, which derives
+    /// each channel's coefficients from the sums itself.
     public func groupNorm(_ x: CUDATensor, groups: Int, weight: CUDATensor, bias: CUDATensor, eps: Float, silu: Bool) -> CUDATensor {
         attempt {
             requireBF16(x, weight, bias, op: "groupNorm")
@@ -40,26 +42,32 @@ extension CUDABackend {
             let pixels = x.count / (batch * c)
             precondition(c % groups == 0 && groups <= 64, "groupNorm: \(c) channels in \(groups) groups")
             let statsBuffer = try pool.allocate(batch * groups * 2 * 8)
-            let coefficients = try pool.allocate(batch * c * 8)
             try DeviceCopy.fill8(statsBuffer.pointer, value: 0, count: batch * groups * 2 * 8, stream: currentStream)
-            let perBlock = max(1, (65536 + c - 1) / c)
-            let chunks = (pixels + perBlock - 1) / perBlock
-            try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: (chunks, batch, 1), block: (256, 1, 1)) {
-                $0.add(statsBuffer.pointer); $0.add(x.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(UInt64(perBlock))
-            }
-            try launchKernel("groupnorm", "groupnorm_coefficients", grid: (batch, 1, 1), block: (256, 1, 1)) {
-                $0.add(coefficients.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
-                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups))
+            let (grid, block) = groupNormLaunch(pixels: pixels, channels: c, batch: batch)
+            try launchKernel("groupnorm", "groupnorm_stats_bf16", grid: grid, block: block) {
+                $0.add(statsBuffer.pointer); $0.add(x.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups))
             }
             let out = try empty(x.shape)
-            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: chunkGrid(x.count), block: (256, 1, 1)) {
-                $0.add(out.pointer); $0.add(x.pointer); $0.add(coefficients.pointer); $0.add(UInt64(pixels)); $0.add(Int32(c))
-                $0.add(Int32(silu ? 1 : 0)); $0.add(UInt64(x.count))
+            try launchKernel("groupnorm", "groupnorm_apply_bf16", grid: grid, block: block) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(statsBuffer.pointer); $0.add(weight.pointer); $0.add(bias.pointer)
+                $0.add(eps); $0.add(UInt64(pixels)); $0.add(Int32(c)); $0.add(Int32(groups)); $0.add(Int32(silu ? 1 : 0))
             }
-            withExtendedLifetime(coefficients) {}
             withExtendedLifetime(statsBuffer) {}
             return out
         }
+    }
+
+    /// The grid and block both group-norm kernels run: where C is a multiple of 8, blocks of whole pixels (a multiple
+    /// of the C / 8 16-byte lanes of a pixel, about 256 threads, so each thread keeps one channel chunk); one row of
+    /// blocks per batch item, in all about 1024 threads an SM (the kernels' 64-register bound lets that many stay
+    /// resident, one wave), each striding over pixels, or fewer where the tensor is small.
+    func groupNormLaunch(pixels: Int, channels: Int, batch: Int) -> (grid: (Int, Int, Int), block: (Int, Int, Int)) {
+        let lanes = channels / 8
+        let vector = channels % 8 == 0 && lanes <= 1024
+        let threads = vector ? lanes * max(1, 256 / lanes) : 256
+        let needed = vector ? (pixels + threads / lanes - 1) / (threads / lanes) : (pixels * channels + threads - 1) / threads
+        let perItem = max(1, device.multiprocessors * (1024 / threads) / batch)
+        return ((max(1, min(needed, perItem)), batch, 1), (threads, 1, 1))
     }
 
     // MARK: position

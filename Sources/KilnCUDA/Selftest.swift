@@ -110,6 +110,12 @@ public final class GPUSelftest {
     func up(_ h: HostTensor) -> CUDATensor { gpu.tensor(h) }
     func down(_ t: CUDATensor) -> HostTensor { gpu.host(t) }
 
+    /// `h` on the device starting 2 bytes past an aligned address, for kernels' paths for unaligned pointers.
+    func upUnaligned(_ h: HostTensor) -> CUDATensor {
+        let padded = up(HostTensor(shape: [h.count + 1], data: [0] + h.data))
+        return CUDATensor(storage: padded.storage, offset: padded.offset + 2, shape: h.shape, type: .bf16, scales: nil)
+    }
+
     /// Rows `indices` of a tensor seen as [rows, last].
     static func pickRows(_ h: HostTensor, _ indices: [Int]) -> HostTensor {
         let c = h.shape.last!
@@ -228,10 +234,20 @@ public final class GPUSelftest {
             let rounded = HostTensor(shape: ref.shape, data: ref.data.map { NumberFormats.bf16ToFloat(NumberFormats.floatToBF16($0)) })
             return (down(q), GPUSelftest.quantizeRowsOnHost(rounded))
         }
-        for (shape, groups, silu) in [([1, 64, 64, 128], 32, true), ([2, 16, 16, 512], 32, false), ([1, 256, 256, 256], 32, true)] {
+        // The VAE decoder's channel counts with and without SiLU, its big shapes timed (from 65536 pixels); 384
+        // channels (48 lanes a pixel, blocks of 240 threads) over enough pixels for the unrolled loop and a
+        // remainder; 36 channels and an input 2 bytes off alignment for the kernels' scalar paths.
+        let groupNormCases: [(shape: [Int], groups: Int, silu: Bool, unaligned: Bool)] = [
+            ([1, 64, 64, 128], 32, true, false), ([1, 256, 256, 128], 32, false, false), ([1, 1024, 1024, 128], 32, true, false),
+            ([1, 64, 64, 256], 32, false, false), ([1, 256, 256, 256], 32, true, false), ([1, 512, 512, 256], 32, true, false),
+            ([2, 16, 16, 512], 32, false, false), ([1, 128, 128, 512], 32, true, false), ([1, 256, 256, 512], 32, false, false),
+            ([1, 120, 97, 384], 32, true, false), ([2, 7, 9, 36], 12, true, false), ([1, 19, 23, 64], 32, false, true),
+        ]
+        for (shape, groups, silu, unaligned) in groupNormCases {
             let h = rng.tensor(shape, offset: 0.1), wt = rng.tensor([shape[3]], scale: 0.1, offset: 1), bs = rng.tensor([shape[3]], scale: 0.1)
-            let (g, gw, gb) = (up(h), up(wt), up(bs))
-            record("groupNorm\(silu ? "+SiLU" : "")", shape, time: shape[1] == 256 ? { _ = self.gpu.groupNorm(g, groups: groups, weight: gw, bias: gb, eps: 1e-6, silu: silu) } : nil) {
+            let (g, gw, gb) = (unaligned ? upUnaligned(h) : up(h), up(wt), up(bs))
+            let time: (() -> Void)? = shape[1] * shape[2] >= 65536 ? { _ = self.gpu.groupNorm(g, groups: groups, weight: gw, bias: gb, eps: 1e-6, silu: silu) } : nil
+            record("groupNorm\(silu ? "+SiLU" : "")\(unaligned ? " unaligned" : "")", shape, time: time) {
                 (down(gpu.groupNorm(g, groups: groups, weight: gw, bias: gb, eps: 1e-6, silu: silu)),
                  cpu.groupNorm(h, groups: groups, weight: wt, bias: bs, eps: 1e-6, silu: silu))
             }

@@ -1,31 +1,73 @@
-// Group norm over NHWC [B, P, C] (P pixels) with per-channel affine and optional SiLU, in three launches: partial sums
-// per (batch, group) accumulated in fp64 (stats), per-(batch, channel) coefficients a, b with y = a·x + b
-// (coefficients), and one pass over 8-element chunks (apply).
+// Group norm over NHWC [B, P, C] (P pixels) with per-channel affine and optional SiLU, in two launches: sums per
+// (batch, group) accumulated in fp64 (stats), then one pass that turns them into each channel's y = a·x + b and
+// normalizes (apply). Both run a fixed grid (blockIdx.y the batch item) sized to fill the GPU once, striding over
+// pixels. On the 16-byte path (C a multiple of 8, blockDim a multiple of the C / 8 lanes of a pixel, aligned pointers)
+// each thread owns one 8-channel chunk of every stride-th pixel, so what depends on the channel stays in registers.
 #include "kiln_common.cuh"
 
-/// stats [B, groups, 2] (sum, sum of squares) must be zeroed first. Grid (chunks, B); each block covers a run of pixels.
-extern "C" __global__ void groupnorm_stats_bf16(double *stats, const bf16 *x, u64 pixels, int channels, int groups,
-                                                u64 pixelsPerBlock) {
+// Pixels a thread loads before using any of them: with ~1024 threads an SM, 64 KiB in flight per SM, well over what
+// covers HBM latency. Both kernels' launch bounds ask for one block of 1024 at least, which caps them at 64 registers
+// and lets ptxas spend them all; with no minimum it trades registers for occupancy and serializes the loads.
+#define GN_UNROLL 4
+
+/// Calls `visit(pixel, chunk)` with the 16-byte chunk `lane` of pixels first, first + step, ... below `pixels` (of a
+/// batch item `src` with `lanes` chunks a pixel), GN_UNROLL loads issued before the first visit. `Backward` walks
+/// the same pixels from the end.
+template <bool Backward, typename Visit>
+__device__ __forceinline__ void for_pixel_chunks(const uint4 *src, u64 pixels, int lanes, int lane, u64 first, u64 step,
+                                                 Visit visit) {
+    u64 row = first;
+    for (; row + (GN_UNROLL - 1) * step < pixels; row += GN_UNROLL * step) {
+        u64 p[GN_UNROLL];
+        uint4 chunk[GN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GN_UNROLL; u++) {
+            p[u] = Backward ? pixels - 1 - (row + u * step) : row + u * step;
+            chunk[u] = __ldg(src + p[u] * lanes + lane);
+        }
+#pragma unroll
+        for (int u = 0; u < GN_UNROLL; u++) visit(p[u], chunk[u]);
+    }
+    for (; row < pixels; row += step) {
+        const u64 p = Backward ? pixels - 1 - row : row;
+        visit(p, __ldg(src + p * lanes + lane));
+    }
+}
+
+/// The element index and channel where this thread starts the scalar paths' grid-stride walk over a batch item, and
+/// how far its channel moves a step (the stride mod C), so the channel is tracked without division.
+__device__ __forceinline__ u64 scalar_start(int channels, int &c, int &step) {
+    const u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x;
+    c = (int)(i % channels);
+    step = (int)(((u64)gridDim.x * blockDim.x) % channels);
+    return i;
+}
+
+/// stats [B, groups, 2] (sum, sum of squares) must be zeroed first. Grid (blocks, B), blockDim a multiple of C / 8
+/// on the 16-byte path. Each thread sums in fp32 over its pixels, the block in shared memory, and the block adds
+/// its sums to stats in fp64.
+extern "C" __global__ void __launch_bounds__(1024, 1) groupnorm_stats_bf16(double *stats, const bf16 *x, u64 pixels,
+                                                                         int channels, int groups) {
     __shared__ float partial[2 * 64];
     const int b = blockIdx.y;
     const int width = channels / groups;
     for (int i = threadIdx.x; i < 2 * groups; i += blockDim.x) partial[i] = 0.f;
     __syncthreads();
-    const u64 p0 = blockIdx.x * pixelsPerBlock;
-    const u64 p1 = min(pixels, p0 + pixelsPerBlock);
-    const bf16 *base = x + ((u64)b * pixels + p0) * channels;
-    const u64 n = (p1 - p0) * channels;
+    const u64 n = pixels * channels;
+    const bf16 *base = x + (u64)b * n;
     const int lanes = channels / 8;
-    if (aligned16(x) && channels % 8 == 0 && blockDim.x % lanes == 0) {
-        // Each thread sums one fixed 8-channel chunk over every (blockDim / lanes)-th pixel of the run.
-        const int c0 = (threadIdx.x % lanes) * 8;
+    if (channels % 8 == 0 && blockDim.x % lanes == 0 && aligned16(base)) {
+        const int lane = threadIdx.x % lanes, c0 = lane * 8, rows = blockDim.x / lanes;
         float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, q[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        for (u64 i = (u64)(threadIdx.x / lanes) * channels + c0; i < n; i += (u64)(blockDim.x / lanes) * channels) {
+        // Backward: the producer of x wrote it front to back, so its tail is what L2 still holds; and apply, reading
+        // front to back next, then finds the head in L2.
+        for_pixel_chunks<true>(reinterpret_cast<const uint4 *>(base), pixels, lanes, lane,
+                               (u64)blockIdx.x * rows + threadIdx.x / lanes, (u64)gridDim.x * rows, [&](u64, uint4 chunk) {
             float v[8];
-            load8(base, i, n, true, v);
+            unpack8(chunk, v);
 #pragma unroll
             for (int k = 0; k < 8; k++) { s[k] += v[k]; q[k] += v[k] * v[k]; }
-        }
+        });
         float gs = 0.f, gq = 0.f;
 #pragma unroll
         for (int k = 0; k < 8; k++) {
@@ -37,11 +79,9 @@ extern "C" __global__ void groupnorm_stats_bf16(double *stats, const bf16 *x, u6
             }
         }
     } else {
-        // Thread t sees channels t, t + blockDim, ... (mod C), tracked without division.
-        const int step = blockDim.x % channels;
-        int c = threadIdx.x % channels, lastGroup = -1;
+        int c, step, lastGroup = -1;
         float s = 0.f, q = 0.f;
-        for (u64 i = threadIdx.x; i < n; i += blockDim.x) {
+        for (u64 i = scalar_start(channels, c, step); i < n; i += (u64)gridDim.x * blockDim.x) {
             const int g = c / width;
             if (g != lastGroup) {
                 if (lastGroup >= 0) { atomicAdd(&partial[2 * lastGroup], s); atomicAdd(&partial[2 * lastGroup + 1], q); }
@@ -58,46 +98,61 @@ extern "C" __global__ void groupnorm_stats_bf16(double *stats, const bf16 *x, u6
     for (int i = threadIdx.x; i < 2 * groups; i += blockDim.x) atomicAdd(&stats[(u64)b * 2 * groups + i], (double)partial[i]);
 }
 
-/// coefficients [B, C] of (a, b): a = weight / sqrt(var + eps), b = bias - mean·a. Grid (B).
-extern "C" __global__ void groupnorm_coefficients(float2 *coefficients, const double *stats, const bf16 *weight,
-                                                  const bf16 *bias, float eps, u64 pixels, int channels, int groups) {
-    const int b = blockIdx.x;
-    const int width = channels / groups;
-    const double count = (double)pixels * width;
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
-        const int g = c / width;
-        const double mean = stats[((u64)b * groups + g) * 2] / count;
-        const double var = fmax(stats[((u64)b * groups + g) * 2 + 1] / count - mean * mean, 0.0);
-        const float a = (float)(1.0 / sqrt(var + eps)) * bf2f(weight[c]);
-        coefficients[(u64)b * channels + c] = make_float2(a, bf2f(bias[c]) - (float)mean * a);
-    }
+/// Channel c's (a, b) of y = a·x + b from its group's mean and 1 / sqrt(var + eps).
+__device__ __forceinline__ float2 channel_affine(int c, int width, const float *mean, const float *inverseDeviation,
+                                                 const bf16 *weight, const bf16 *bias) {
+    const int g = c / width;
+    const float a = inverseDeviation[g] * bf2f(weight[c]);
+    return make_float2(a, bf2f(bias[c]) - mean[g] * a);
 }
 
-extern "C" __global__ void groupnorm_apply_bf16(bf16 *out, const bf16 *x, const float2 *coefficients, u64 pixels,
-                                                int channels, int silu, u64 n) {
-    const bool vec = aligned16(out) && aligned16(x) && channels % 8 == 0;
-    FOR_CHUNKS(i, n) {
-        float v[8];
-        load8(x, i, n, vec, v);
+/// out = x normalized with stats (from groupnorm_stats_bf16), times weight plus bias, then SiLU when `silu`. Grid and
+/// block as for the stats kernel. Each block first turns its batch item's stats into per-group mean and
+/// 1 / sqrt(var + eps) in shared memory.
+extern "C" __global__ void __launch_bounds__(1024, 1) groupnorm_apply_bf16(bf16 *out, const bf16 *x, const double *stats,
+                                                                         const bf16 *weight, const bf16 *bias, float eps,
+                                                                         u64 pixels, int channels, int groups, int silu) {
+    __shared__ float mean[64], inverseDeviation[64];
+    const int b = blockIdx.y;
+    const int width = channels / groups;
+    const double count = (double)pixels * width;
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+        const double m = stats[((u64)b * groups + g) * 2] / count;
+        const double var = fmax(stats[((u64)b * groups + g) * 2 + 1] / count - m * m, 0.0);
+        mean[g] = (float)m;
+        inverseDeviation[g] = (float)(1.0 / sqrt(var + eps));
+    }
+    __syncthreads();
+    const u64 n = pixels * channels;
+    const bf16 *src = x + (u64)b * n;
+    bf16 *dst = out + (u64)b * n;
+    const int lanes = channels / 8;
+    if (channels % 8 == 0 && blockDim.x % lanes == 0 && aligned16(src) && aligned16(dst)) {
+        const int lane = threadIdx.x % lanes, c0 = lane * 8, rows = blockDim.x / lanes;
         float2 ab[8];
-        if (vec && i + KILN_CHUNK <= n) {
-            // A whole chunk sits in one pixel: its 8 coefficient pairs are 64 contiguous bytes.
-            const float4 *c4 = reinterpret_cast<const float4 *>(coefficients + vector_index(i, channels, pixels, 1));
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float4 c = c4[k];
-                ab[2 * k] = make_float2(c.x, c.y);
-                ab[2 * k + 1] = make_float2(c.z, c.w);
+        for (int k = 0; k < 8; k++) ab[k] = channel_affine(c0 + k, width, mean, inverseDeviation, weight, bias);
+        uint4 *dst4 = reinterpret_cast<uint4 *>(dst);
+        for_pixel_chunks<false>(reinterpret_cast<const uint4 *>(src), pixels, lanes, lane,
+                                (u64)blockIdx.x * rows + threadIdx.x / lanes, (u64)gridDim.x * rows, [&](u64 p, uint4 chunk) {
+            float v[8];
+            unpack8(chunk, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                v[k] = v[k] * ab[k].x + ab[k].y;
+                if (silu) v[k] = silu_f(v[k]);
             }
-        } else {
-#pragma unroll
-            for (int k = 0; k < 8; k++) ab[k] = i + k < n ? coefficients[vector_index(i + k, channels, pixels, 1)] : make_float2(0.f, 0.f);
+            dst4[p * lanes + lane] = pack8(v);
+        });
+    } else {
+        int c, step;
+        for (u64 i = scalar_start(channels, c, step); i < n; i += (u64)gridDim.x * blockDim.x) {
+            const float2 ab = channel_affine(c, width, mean, inverseDeviation, weight, bias);
+            float v = bf2f(src[i]) * ab.x + ab.y;
+            if (silu) v = silu_f(v);
+            dst[i] = f2bf(v);
+            c += step;
+            if (c >= channels) c -= channels;
         }
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            v[k] = v[k] * ab[k].x + ab[k].y;
-            if (silu) v[k] = silu_f(v[k]);
-        }
-        store8(out, i, n, vec, v);
     }
 }
