@@ -36,7 +36,7 @@ enum {
 };
 
 enum { UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SCALE = 5, UID_X = 11, UID_W = 12, UID_Y = 13, UID_BIAS = 14,
-       UID_RESIDUAL = 15, UID_CONV_OUT = 21, UID_BIASED = 22 };
+       UID_RESIDUAL = 15, UID_CONV_OUT = 21, UID_SUMMED = 22 };
 enum {
     DNN_CONVOLUTION = 1, DNN_OPERATION_CONVOLUTION_FORWARD = 10, DNN_TYPE_FLOAT = 4, DNN_TYPE_CONVOLUTION_MODE = 7,
     DNN_CROSS_CORRELATION = 1,
@@ -395,9 +395,10 @@ int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_
     int64_t yd[4] = {n, k, outH, outW}, ys[4] = {outH * outW * k, 1, outW * k, k};
     int64_t bd[4] = {1, k, 1, 1}, bs[4] = {k, 1, k, k};
     int64_t inAlign = c % 8 == 0 ? 16 : 2, outAlign = k % 8 == 0 ? 16 : 2;
-    // The convolution writes Y directly, or fp32 virtual tensors carry it through the fused + bias, + residual.
+    // The convolution writes Y directly, or fp32 virtual tensors carry it through the fused + residual, + bias (in the
+    // order of the classic conv + z + bias epilogue, which precompiled engines implement).
     const int fused = withBias + withResidual;
-    cudnnBackendDescriptor_t x, f, y, convOut, biased = NULL, bias = NULL, residual = NULL, conv = NULL;
+    cudnnBackendDescriptor_t x, f, y, convOut, summed = NULL, bias = NULL, residual = NULL, conv = NULL;
     cudnnBackendDescriptor_t ops[KC_MAX_OPS];
     int opCount = 0;
     int s;
@@ -405,7 +406,7 @@ int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_
         || (s = make_tensor_aligned(p, &f, UID_W, DNN_DATA_BFLOAT16, wd, ws, 0, inAlign, message, messageSize))
         || (s = make_tensor_aligned(p, &y, UID_Y, DNN_DATA_BFLOAT16, yd, ys, 0, outAlign, message, messageSize))
         || (fused && (s = make_tensor_aligned(p, &convOut, UID_CONV_OUT, DNN_DATA_FLOAT, yd, ys, TENSOR_VIRTUAL, 16, message, messageSize)))
-        || (fused == 2 && (s = make_tensor_aligned(p, &biased, UID_BIASED, DNN_DATA_FLOAT, yd, ys, TENSOR_VIRTUAL, 16, message, messageSize)))
+        || (fused == 2 && (s = make_tensor_aligned(p, &summed, UID_SUMMED, DNN_DATA_FLOAT, yd, ys, TENSOR_VIRTUAL, 16, message, messageSize)))
         || (withBias && (s = make_tensor_aligned(p, &bias, UID_BIAS, DNN_DATA_BFLOAT16, bd, bs, 0, outAlign, message, messageSize)))
         || (withResidual && (s = make_tensor_aligned(p, &residual, UID_RESIDUAL, DNN_DATA_BFLOAT16, yd, ys, 0, outAlign, message, messageSize)))) {
         kc_sdpa_destroy(p);
@@ -437,13 +438,13 @@ int kc_conv_create(cudnnHandle_t handle, int64_t n, int64_t c, int64_t h, int64_
     TRY(kc_dnn.cudnnBackendFinalize(op), "finalize convolution forward");
     ops[opCount++] = op;
     cudnnBackendDescriptor_t last = convOut;
-    if (withBias) {
-        cudnnBackendDescriptor_t target = withResidual ? biased : y;
-        if ((s = node(p, &POINTWISE, DNN_POINTWISE_ADD, last, bias, target, &ops[opCount++], message, messageSize))) { kc_sdpa_destroy(p); return s; }
+    if (withResidual) {
+        cudnnBackendDescriptor_t target = withBias ? summed : y;
+        if ((s = node(p, &POINTWISE, DNN_POINTWISE_ADD, last, residual, target, &ops[opCount++], message, messageSize))) { kc_sdpa_destroy(p); return s; }
         last = target;
     }
-    if (withResidual) {
-        if ((s = node(p, &POINTWISE, DNN_POINTWISE_ADD, last, residual, y, &ops[opCount++], message, messageSize))) { kc_sdpa_destroy(p); return s; }
+    if (withBias) {
+        if ((s = node(p, &POINTWISE, DNN_POINTWISE_ADD, last, bias, y, &ops[opCount++], message, messageSize))) { kc_sdpa_destroy(p); return s; }
     }
     return kc_dnn_finish(handle, ops, opCount, config, p, out, workspaceBytes, configCount, info, infoSize, message, messageSize);
 }
