@@ -1,7 +1,8 @@
 @testable import KilnCore
 import XCTest
 
-/// The PNG writer's checksums against zlib's published values, and a stream split into stored blocks.
+/// The PNG writer's checksums against zlib's published values, a stream split into stored blocks, and its files against a
+/// straightforward reference encoder, byte for byte.
 final class PNGTests: XCTestCase {
     func adler(ofStream stream: [UInt8]) -> UInt32 {
         stream.suffix(4).reduce(0) { $0 << 8 | UInt32($1) }
@@ -20,5 +21,64 @@ final class PNGTests: XCTestCase {
         XCTAssertEqual(stream.count, 2 + 5 + 65_535 + 5 + (70_000 - 65_535) + 4)
         XCTAssertEqual(stream[2], 0)
         XCTAssertEqual(stream[2 + 5 + 65_535], 1)
+    }
+
+    /// Images whose data is one byte, exactly one stored block (1456x15), exactly four (1456x60), one row past them, an
+    /// odd width, one row longer than a block, and a megapixel.
+    func testEncoderMatchesReferenceEncoder() {
+        var random = NoiseGenerator(seed: 11)
+        for (width, height) in [(1, 1), (2, 1), (7, 5), (1456, 15), (1456, 60), (1456, 61), (333, 101), (21_845, 1), (1024, 1024)] {
+            var rows = (0..<(height * (1 + width * 3))).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            for y in 0..<height { rows[y * (1 + width * 3)] = 0 }
+            XCTAssertEqual(PNG.encode(filteredRows: rows[...], width: width, height: height),
+                           ReferencePNG.encode(filteredRows: rows, width: width, height: height), "\(width)x\(height)")
+            // A slice that does not start at index 0, as the pipeline hands over one image of a batch.
+            let batch = [0xAB] + rows
+            XCTAssertEqual(PNG.encode(filteredRows: batch[1...], width: width, height: height),
+                           ReferencePNG.encode(filteredRows: rows, width: width, height: height), "\(width)x\(height) slice")
+        }
+    }
+}
+
+/// The encoder as first written: one stored block after another appended, Adler-32 and CRC-32 a byte at a time.
+enum ReferencePNG {
+    static let crcTable: [UInt32] = (0..<256).map { n in
+        (0..<8).reduce(UInt32(n)) { c, _ in c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+    }
+
+    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+        ~bytes.reduce(0xFFFF_FFFF) { c, byte in crcTable[Int((c ^ UInt32(byte)) & 0xFF)] ^ (c >> 8) }
+    }
+
+    static func adler32(_ bytes: [UInt8]) -> UInt32 {
+        var (a, b): (UInt32, UInt32) = (1, 0)
+        for byte in bytes {
+            a = (a + UInt32(byte)) % 65_521
+            b = (b + a) % 65_521
+        }
+        return b << 16 | a
+    }
+
+    static func bigEndian(_ value: UInt32) -> [UInt8] {
+        [UInt8(value >> 24), UInt8((value >> 16) & 0xFF), UInt8((value >> 8) & 0xFF), UInt8(value & 0xFF)]
+    }
+
+    static func chunk(_ type: String, _ body: [UInt8]) -> [UInt8] {
+        bigEndian(UInt32(body.count)) + Array(type.utf8) + body + bigEndian(crc32(Array(type.utf8) + body))
+    }
+
+    static func encode(filteredRows raw: [UInt8], width: Int, height: Int) -> [UInt8] {
+        var stream: [UInt8] = [0x78, 0x01]
+        var offset = 0
+        repeat {
+            let length = min(65_535, raw.count - offset)
+            stream.append(offset + length == raw.count ? 1 : 0)
+            stream += [UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8((~length >> 8) & 0xFF)]
+            stream += raw[offset..<(offset + length)]
+            offset += length
+        } while offset < raw.count
+        stream += bigEndian(adler32(raw))
+        let header = bigEndian(UInt32(width)) + bigEndian(UInt32(height)) + [8, 2, 0, 0, 0]
+        return [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + chunk("IHDR", header) + chunk("IDAT", stream) + chunk("IEND", [])
     }
 }
