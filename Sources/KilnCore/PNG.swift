@@ -61,24 +61,56 @@ public enum PNG {
             out += data[(data.startIndex + offset)..<(data.startIndex + offset + length)]
             offset += length
         } while offset < data.count
-        // Adler-32, reduced every 5552 bytes (the most that cannot overflow 32 bits).
+        var adler = Adler32()
+        data.withUnsafeBytes { adler.update($0) }
+        appendBigEndian(adler.value, to: &out)
+        return out
+    }
+
+    /// Adler-32's two running sums, each modulo 65,521.
+    struct Adler32 {
+        static let modulus: UInt32 = 65_521
+        /// The sum of the bytes, plus 1 for a whole stream.
         var a: UInt32 = 1
+        /// The sum of `a` after each byte.
         var b: UInt32 = 0
-        data.withUnsafeBufferPointer { bytes in
+
+        var value: UInt32 { b << 16 | a }
+
+        /// Takes in `data`, 16 bytes a row: each byte column sums into a SIMD lane, for runs of up to 5552 bytes (347
+        /// rows, the most whose lane sums below cannot overflow 32 bits), and each run joins on with `combine`.
+        mutating func update(_ data: UnsafeRawBufferPointer) {
+            let column = SIMD16<UInt32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
             var start = 0
-            while start < bytes.count {
-                let end = min(start + 5552, bytes.count)
-                for i in start..<end {
-                    a &+= UInt32(bytes[i])
-                    b &+= a
+            while data.count - start >= 16 {
+                let rows = min((data.count - start) / 16, 347)
+                // `sums` adds up each column's bytes; `weighted` adds `sums` after every row, so it counts the byte of
+                // row r (rows - r) times.
+                var sums = SIMD16<UInt32>(), weighted = SIMD16<UInt32>()
+                for row in 0..<rows {
+                    let bytes = data.loadUnaligned(fromByteOffset: start + 16 * row, as: SIMD16<UInt8>.self)
+                    sums &+= SIMD16(truncatingIfNeeded: bytes)
+                    weighted &+= sums
                 }
-                a %= 65_521
-                b %= 65_521
-                start = end
+                // b counts the byte at p = 16r + j of the run (n - p) = 16(rows - r) - j times; each lane is at most
+                // 16 · 255 · 347 · 348 / 2, and their total stays under 2^32.
+                let runB = (16 &* weighted &- column &* sums).wrappedSum()
+                combine(Adler32(a: sums.wrappedSum() % Self.modulus, b: runB % Self.modulus), count: 16 * rows)
+                start += 16 * rows
+            }
+            for byte in data[start...] {
+                a = (a + UInt32(byte)) % Self.modulus
+                b = (b + a) % Self.modulus
             }
         }
-        appendBigEndian((b << 16) | a, to: &out)
-        return out
+
+        /// Takes in `count` bytes whose own sums, started from zero, are `run`: each of a's `count` steps adds the old
+        /// a to b.
+        mutating func combine(_ run: Adler32, count: Int) {
+            let modulus = UInt64(Self.modulus)
+            b = UInt32((UInt64(b) + UInt64(count) % modulus * UInt64(a) + UInt64(run.b)) % modulus)
+            a = (a + run.a) % Self.modulus
+        }
     }
 
     /// CRC-32 tables for eight bytes at a time ("slicing by 8"): table k maps a byte k positions from the end.
@@ -95,25 +127,63 @@ public enum PNG {
         return t
     }()
 
-    /// Continues a CRC-32 register (before the final inversion) over `data`.
+    /// Continues a CRC-32 register (before the final inversion) over `data`. One register's table lookups wait on each
+    /// other, so four run side by side over the data's quarters and are joined after.
     static func crc32Update(_ crc: UInt32, _ data: UnsafeRawBufferPointer) -> UInt32 {
-        var c = crc
         crcTables.withUnsafeBufferPointer { t in
-            var i = 0
-            while i + 8 <= data.count {
-                let one = UInt32(littleEndian: data.loadUnaligned(fromByteOffset: i, as: UInt32.self)) ^ c
-                let two = UInt32(littleEndian: data.loadUnaligned(fromByteOffset: i + 4, as: UInt32.self))
-                c = t[7 * 256 + Int(one & 0xFF)] ^ t[6 * 256 + Int((one >> 8) & 0xFF)] ^ t[5 * 256 + Int((one >> 16) & 0xFF)]
-                    ^ t[4 * 256 + Int(one >> 24)] ^ t[3 * 256 + Int(two & 0xFF)] ^ t[2 * 256 + Int((two >> 8) & 0xFF)]
-                    ^ t[256 + Int((two >> 16) & 0xFF)] ^ t[Int(two >> 24)]
-                i += 8
+            // The register xor the next 8 bytes, each byte looked up in the table for its distance from the end.
+            @inline(__always) func step(_ crc: UInt32, at offset: Int) -> UInt32 {
+                let word = UInt64(littleEndian: data.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) ^ UInt64(crc)
+                var next: UInt32 = 0
+                for k in 0..<8 { next ^= t[(7 - k) * 256 + Int(truncatingIfNeeded: word >> UInt64(8 * k)) & 0xFF] }
+                return next
             }
-            while i < data.count {
-                c = t[Int((c ^ UInt32(data[i])) & 0xFF)] ^ (c >> 8)
-                i += 1
+            let quarter = data.count / 32 * 8
+            var (c0, c1, c2, c3) = (crc, UInt32(0), UInt32(0), UInt32(0))
+            for offset in stride(from: 0, to: quarter, by: 8) {
+                c0 = step(c0, at: offset)
+                c1 = step(c1, at: quarter + offset)
+                c2 = step(c2, at: 2 * quarter + offset)
+                c3 = step(c3, at: 3 * quarter + offset)
             }
+            let shift = crc32Shift(bytes: quarter)
+            var c = multiplyModP(shift, multiplyModP(shift, multiplyModP(shift, c0) ^ c1) ^ c2) ^ c3
+            for byte in data[(4 * quarter)...] { c = t[Int((c ^ UInt32(byte)) & 0xFF)] ^ (c >> 8) }
+            return c
         }
-        return c
+    }
+
+    /// x^(8 · bytes) modulo the CRC-32 polynomial: multiplying a register by it runs the register over that many zero
+    /// bytes.
+    static func crc32Shift(bytes: Int) -> UInt32 {
+        var shift: UInt32 = 0x8000_0000  // 1, bit-reflected as registers are
+        var remaining = bytes
+        var power = 0
+        while remaining != 0 {
+            if remaining & 1 != 0 { shift = multiplyModP(crc32ShiftPowers[power], shift) }
+            remaining >>= 1
+            power += 1
+        }
+        return shift
+    }
+
+    /// x^(8 · 2^k) modulo the CRC-32 polynomial for k in 0..<64, so a shift takes one product per set bit of its length.
+    static let crc32ShiftPowers: [UInt32] = {
+        var powers: [UInt32] = [0x0080_0000]  // x^8
+        for _ in 1..<64 { powers.append(multiplyModP(powers[powers.count - 1], powers[powers.count - 1])) }
+        return powers
+    }()
+
+    /// a · b modulo the CRC-32 polynomial, both bit-reflected (x^0 the top bit).
+    static func multiplyModP(_ a: UInt32, _ b: UInt32) -> UInt32 {
+        var (a, b, product) = (a, b, UInt32(0))
+        // Masks, not branches: the bits are random, so branches on them would mispredict half the time.
+        for _ in 0..<32 {
+            product ^= b & (0 &- (a >> 31))
+            a <<= 1
+            b = (b >> 1) ^ (0xEDB8_8320 & (0 &- (b & 1)))
+        }
+        return product
     }
 
     /// CRC-32 as PNG chunks use it.

@@ -1,8 +1,8 @@
 @testable import KilnCore
 import XCTest
 
-/// The PNG writer's checksums against zlib's published values, a stream split into stored blocks, and its files against a
-/// straightforward reference encoder, byte for byte.
+/// The PNG writer's checksums against zlib's published values and byte-at-a-time references, a stream split into stored
+/// blocks, and its files against a straightforward reference encoder, byte for byte.
 final class PNGTests: XCTestCase {
     func adler(ofStream stream: [UInt8]) -> UInt32 {
         stream.suffix(4).reduce(0) { $0 << 8 | UInt32($1) }
@@ -21,6 +21,32 @@ final class PNGTests: XCTestCase {
         XCTAssertEqual(stream.count, 2 + 5 + 65_535 + 5 + (70_000 - 65_535) + 4)
         XCTAssertEqual(stream[2], 0)
         XCTAssertEqual(stream[2 + 5 + 65_535], 1)
+    }
+
+    /// Lengths around the Adler-32 run (5552), the SIMD row (16), the CRC quarters (32) and the stored block (65535),
+    /// at unaligned starts; also Adler-32 runs joined with `combine` from sums started at zero.
+    func testChecksumsMatchByteAtATimeReferences() {
+        var random = NoiseGenerator(seed: 7)
+        let data = (0..<(3 * 1024 * 1024 + 10)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+        data.withUnsafeBytes { data in
+            for count in [0, 1, 15, 16, 17, 31, 33, 5551, 5552, 5553, 65_535, 65_536, 3 * 1024 * 1024 + 7] {
+                for offset in count > 100_000 ? [3] : [0, 1, 3] {
+                    let bytes = UnsafeRawBufferPointer(rebasing: data[offset..<(offset + count)])
+                    let (adler32, crc32) = (ReferencePNG.adler32(Array(bytes)), ReferencePNG.crc32(Array(bytes)))
+                    var adler = PNG.Adler32()
+                    adler.update(bytes)
+                    XCTAssertEqual(adler.value, adler32, "Adler-32 of \(count) bytes at \(offset)")
+                    XCTAssertEqual(~PNG.crc32Update(0xFFFF_FFFF, bytes), crc32, "CRC-32 of \(count) bytes at \(offset)")
+                    let split = count / 3
+                    var head = PNG.Adler32()
+                    var tail = PNG.Adler32(a: 0, b: 0)
+                    head.update(UnsafeRawBufferPointer(rebasing: bytes[..<split]))
+                    tail.update(UnsafeRawBufferPointer(rebasing: bytes[split...]))
+                    head.combine(tail, count: count - split)
+                    XCTAssertEqual(head.value, adler32, "Adler-32 of \(count) bytes joined at \(split)")
+                }
+            }
+        }
     }
 
     /// Images whose data is one byte, exactly one stored block (1456x15), exactly four (1456x60), one row past them, an
