@@ -1,3 +1,5 @@
+import Dispatch
+
 /// Encodes 8-bit RGB images as PNG.
 ///
 /// The zlib stream uses stored (uncompressed) deflate blocks: always valid, simple, and fast;
@@ -6,15 +8,29 @@ public enum PNG {
     /// PNG bytes from the image data stream: each row its filter type byte (0) then its RGB bytes.
     public static func encode(filteredRows raw: ArraySlice<UInt8>, width: Int, height: Int) -> [UInt8] {
         precondition(width > 0 && height > 0 && raw.count == height * (1 + width * 3), "row bytes do not match \(width)x\(height)")
-        var png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        var head: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         var header: [UInt8] = []
         appendBigEndian(UInt32(width), to: &header)
         appendBigEndian(UInt32(height), to: &header)
         header += [8, 2, 0, 0, 0]  // 8 bits, RGB, deflate, adaptive filtering, no interlace
-        appendChunk("IHDR", header, to: &png)
-        appendChunk("IDAT", zlibStored(raw), to: &png)
-        appendChunk("IEND", [], to: &png)
-        return png
+        appendChunk("IHDR", header, to: &head)
+        // The IDAT chunk's stream is written in place, straight into the result, so the pixels are copied once.
+        let streamLength = zlibStoredLength(raw.count)
+        appendBigEndian(UInt32(streamLength), to: &head)
+        head += Array("IDAT".utf8)
+        var end: [UInt8] = []
+        appendChunk("IEND", [], to: &end)
+        let total = head.count + streamLength + 4 + end.count
+        return [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+            let png = UnsafeMutableRawBufferPointer(buffer)
+            png.copyBytes(from: head)
+            let stream = UnsafeMutableRawBufferPointer(rebasing: png[head.count..<(head.count + streamLength)])
+            let streamCRC = raw.withUnsafeBytes { writeZlibStored($0, to: stream) }
+            let typeCRC = crc32Update(0xFFFF_FFFF, UnsafeRawBufferPointer(rebasing: png[(head.count - 4)..<head.count]))
+            storeBigEndian(~crc32Combine(typeCRC, streamCRC, count: streamLength), at: head.count + streamLength, in: png)
+            UnsafeMutableRawBufferPointer(rebasing: png[(total - end.count)...]).copyBytes(from: end)
+            count = total
+        }
     }
 
     /// The 8-bit value of a sample in [0, 1]: clamped, times 255, rounded half to even as diffusers does
@@ -48,23 +64,75 @@ public enum PNG {
         return encode(filteredRows: raw[...], width: width, height: height)
     }
 
+    /// Data bytes in a full stored deflate block (its 16-bit length field's maximum).
+    static let storedBlockSize = 65_535
 
-    static func zlibStored(_ data: ArraySlice<UInt8>) -> [UInt8] {
-        var out: [UInt8] = [0x78, 0x01]
-        out.reserveCapacity(data.count + 5 * (data.count / 65_535 + 1) + 6)
-        var offset = 0
-        repeat {
-            let length = min(65_535, data.count - offset)
-            let final: UInt8 = offset + length == data.count ? 1 : 0
-            out.append(final)
-            out += [UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8((~length >> 8) & 0xFF)]
-            out += data[(data.startIndex + offset)..<(data.startIndex + offset + length)]
-            offset += length
-        } while offset < data.count
+    /// Stored blocks a part of the stream has: parts are copied and checksummed concurrently (about 256 KiB each, to
+    /// spread a megapixel image over many cores while a part stays in a core's cache).
+    static let blocksPerPart = 4
+
+    /// Bytes of the zlib stream for `count` data bytes: the 2-byte header, one stored block per 65,535 bytes (at least
+    /// one) with a 5-byte header each, and the Adler-32.
+    static func zlibStoredLength(_ count: Int) -> Int {
+        2 + 5 * storedBlockCount(count) + count + 4
+    }
+
+    /// Stored blocks for `count` data bytes: an empty stream still has one, the final block.
+    static func storedBlockCount(_ count: Int) -> Int {
+        max(1, (count + storedBlockSize - 1) / storedBlockSize)
+    }
+
+    /// Writes `data` as a zlib stream of stored deflate blocks into `stream` (`zlibStoredLength(data.count)` bytes) and
+    /// returns the CRC-32 register, started from zero, over the bytes written: the chunk's CRC joins it on.
+    static func writeZlibStored(_ data: UnsafeRawBufferPointer, to stream: UnsafeMutableRawBufferPointer) -> UInt32 {
+        precondition(stream.count == zlibStoredLength(data.count), "stream size does not match the data")
+        stream[0] = 0x78  // deflate, 32 KiB window
+        stream[1] = 0x01  // no dictionary, fastest-compression level; 0x7801 is a multiple of 31
+        let blocks = storedBlockCount(data.count)
+        let partCount = (blocks + blocksPerPart - 1) / blocksPerPart
+        let parts = (0..<partCount).map { StreamPart($0, blockCount: blocks, dataCount: data.count) }
+        // Each part's checksums over its own bytes, started from zero, joined in order below.
+        var partSums = [(crc: UInt32, adler: Adler32)](repeating: (0, Adler32(a: 0, b: 0)), count: parts.count)
+        partSums.withUnsafeMutableBufferPointer { sums in
+            DispatchQueue.concurrentPerform(iterations: parts.count) { index in
+                let part = parts[index]
+                for block in part.blocks {
+                    let start = block * storedBlockSize
+                    let length = min(storedBlockSize, data.count - start)
+                    let at = 2 + block * (5 + storedBlockSize)
+                    stream[at] = block == blocks - 1 ? 1 : 0  // BFINAL on the last; BTYPE 00, stored
+                    storeLittleEndian(UInt16(length), at: at + 1, in: stream)
+                    storeLittleEndian(~UInt16(length), at: at + 3, in: stream)
+                    UnsafeMutableRawBufferPointer(rebasing: stream[(at + 5)..<(at + 5 + length)])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: data[start..<(start + length)]))
+                }
+                var adler = Adler32(a: 0, b: 0)
+                adler.update(UnsafeRawBufferPointer(rebasing: data[part.data]))
+                sums[index] = (crc32Update(0, UnsafeRawBufferPointer(rebasing: stream[part.stream])), adler)
+            }
+        }
+        var crc = crc32Update(0, UnsafeRawBufferPointer(rebasing: stream[0..<2]))
         var adler = Adler32()
-        data.withUnsafeBytes { adler.update($0) }
-        appendBigEndian(adler.value, to: &out)
-        return out
+        for (part, partSum) in zip(parts, partSums) {
+            crc = crc32Combine(crc, partSum.crc, count: part.stream.count)
+            adler.combine(partSum.adler, count: part.data.count)
+        }
+        storeBigEndian(adler.value, at: stream.count - 4, in: stream)
+        return crc32Update(crc, UnsafeRawBufferPointer(rebasing: stream[(stream.count - 4)...]))
+    }
+
+    /// A run of stored blocks that one worker writes and checksums: the blocks, the data bytes in them, and the stream
+    /// bytes it writes (block headers and data).
+    struct StreamPart {
+        var blocks: Range<Int>
+        var data: Range<Int>
+        var stream: Range<Int>
+
+        init(_ index: Int, blockCount: Int, dataCount: Int) {
+            blocks = (index * blocksPerPart)..<min(blockCount, (index + 1) * blocksPerPart)
+            data = min(dataCount, blocks.lowerBound * storedBlockSize)..<min(dataCount, blocks.upperBound * storedBlockSize)
+            stream = (2 + 5 * blocks.lowerBound + data.lowerBound)..<(2 + 5 * blocks.upperBound + data.upperBound)
+        }
     }
 
     /// Adler-32's two running sums, each modulo 65,521.
@@ -153,6 +221,12 @@ public enum PNG {
         }
     }
 
+    /// The CRC-32 register over a run of bytes then `count` more, from the register over the first (`crc`) and the one
+    /// over the rest started from zero (`next`): the register is linear, so the first runs on over `count` zero bytes.
+    static func crc32Combine(_ crc: UInt32, _ next: UInt32, count: Int) -> UInt32 {
+        multiplyModP(crc32Shift(bytes: count), crc) ^ next
+    }
+
     /// x^(8 · bytes) modulo the CRC-32 polynomial: multiplying a register by it runs the register over that many zero
     /// bytes.
     static func crc32Shift(bytes: Int) -> UInt32 {
@@ -186,14 +260,8 @@ public enum PNG {
         return product
     }
 
-    /// CRC-32 as PNG chunks use it.
-    static func crc32(_ bytes: [UInt8]) -> UInt32 {
-        bytes.withUnsafeBytes { ~crc32Update(0xFFFF_FFFF, $0) }
-    }
-
     static func appendChunk(_ type: String, _ body: [UInt8], to png: inout [UInt8]) {
         let name = Array(type.utf8)
-        png.reserveCapacity(png.count + 12 + body.count)
         appendBigEndian(UInt32(body.count), to: &png)
         png += name
         png += body
@@ -203,5 +271,13 @@ public enum PNG {
 
     static func appendBigEndian(_ value: UInt32, to bytes: inout [UInt8]) {
         bytes += [UInt8(value >> 24), UInt8((value >> 16) & 0xFF), UInt8((value >> 8) & 0xFF), UInt8(value & 0xFF)]
+    }
+
+    static func storeBigEndian(_ value: UInt32, at offset: Int, in bytes: UnsafeMutableRawBufferPointer) {
+        bytes.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
+    }
+
+    static func storeLittleEndian(_ value: UInt16, at offset: Int, in bytes: UnsafeMutableRawBufferPointer) {
+        bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt16.self)
     }
 }
