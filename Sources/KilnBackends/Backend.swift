@@ -51,6 +51,9 @@ public protocol Backend: AnyObject {
     func shape(_ tensor: Tensor) -> [Int]
     /// Waits until all queued work is done (a no-op for synchronous backends); for timing stages.
     func synchronize() throws
+    /// Runs `body`, timing on the device the work it queues: `milliseconds` waits for that work and returns its device
+    /// time (nil where the backend cannot measure one; the CPU backend's work is its wall time).
+    func deviceTimed<T>(_ body: () -> T) -> (result: T, milliseconds: () -> Double?)
     /// The most device memory the backend has held at once (weights, activations, caches), or nil for host memory.
     var memoryReservedBytes: Int? { get }
     /// Returns memory cached for reuse to the system (after a large model is released).
@@ -196,6 +199,8 @@ public struct Padding: Equatable, Sendable {
 
 extension Backend {
     public func synchronize() throws {}
+
+    public func deviceTimed<T>(_ body: () -> T) -> (result: T, milliseconds: () -> Double?) { (body(), { nil }) }
 
     public func weight(rows parts: [StoredTensor], role: WeightRole) -> Tensor {
         weight(parts.decodedJoined(), role: role)

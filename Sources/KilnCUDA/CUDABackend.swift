@@ -145,6 +145,18 @@ public final class CUDABackend: Backend {
 
     public func synchronize() throws { try stream.synchronize() }
 
+    /// CUDA events on the stream around `body` (nil milliseconds where an event failed).
+    public func deviceTimed<T>(_ body: () -> T) -> (result: T, milliseconds: () -> Double?) {
+        let events = try? (start: CUDAEvent(), end: CUDAEvent())
+        _ = try? events?.start.record(stream)
+        let result = body()
+        _ = try? events?.end.record(stream)
+        return (result, {
+            guard let events, (try? events.end.synchronize()) != nil, let ms = try? events.end.milliseconds(since: events.start) else { return nil }
+            return Double(ms)
+        })
+    }
+
     // MARK: data movement
 
     public func upload(_ host: HostTensor) throws -> CUDATensor {

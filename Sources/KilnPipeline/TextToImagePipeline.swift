@@ -34,6 +34,8 @@ public final class TextToImagePipeline<B: Backend> {
     /// How the last `decode` or `decodeToPNGRows` ran the VAE decoder (graphs as for loops: eager, then captured, then
     /// replayed).
     public private(set) var lastDecode = LoopMode.eager
+    /// The device time of the last `decodeToPNGRows`'s decoder, where the backend measures one.
+    public private(set) var lastDecodeDeviceMilliseconds: Double?
 
     /// Eager (op by op), captured into a graph and replayed, or replayed from an earlier capture.
     public enum LoopMode: String, Sendable {
@@ -227,9 +229,13 @@ public final class TextToImagePipeline<B: Backend> {
 
     /// Decodes final latents `[B, 16, h, w]` straight to PNG image data (`Backend.imageRows`: 8-bit samples made where
     /// the image is, 3 bytes a pixel moved to the host), one slice per image: what `PNG.encode(filteredRows:)` takes.
+    /// `lastDecodeDeviceMilliseconds` gets the decoder's device time (latents in, image on the device out).
     public func decodeToPNGRows(_ latents: HostTensor) -> (images: [ArraySlice<UInt8>], width: Int, height: Int, nonFinite: Int) {
         let (batch, height, width) = (latents.shape[0], 8 * latents.shape[2], 8 * latents.shape[3])
-        let (rows, nonFinite) = backend.imageRows(decodeOnDevice(decoderInput(latents)))
+        let input = decoderInput(latents)
+        let (image, milliseconds) = backend.deviceTimed { decodeOnDevice(input) }
+        let (rows, nonFinite) = backend.imageRows(image)
+        lastDecodeDeviceMilliseconds = milliseconds()
         let size = height * (1 + 3 * width)
         return ((0..<batch).map { rows[($0 * size)..<(($0 + 1) * size)] }, width, height, nonFinite)
     }

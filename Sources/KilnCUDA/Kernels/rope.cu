@@ -152,9 +152,24 @@ extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, flo
     if (threadIdx.x == 0) partials[blockIdx.x] = amax;
 }
 
-/// The joint V of up to two streams (the last `width` columns of each qkv) as e4m3 scaled by 448 / amax, amax the
-/// largest of attention_inputs_fp8_d128's `count` block maxima; descale[0] = amax / 448. Read straight from the
-/// projections: no BF16 copy of V. Eight elements a thread (two 8-byte loads: qkv rows are 8-byte aligned).
+/// Stream s's V (the last `width` columns of its qkv) as e4m3 times r into its tokens of the joint [B, outLength,
+/// width], eight elements a thread and iteration (two 8-byte loads: qkv rows are 8-byte aligned).
+__device__ __forceinline__ void quantize_stream_v(fp8e4m3 *out, const AttentionStream &s, float r, unsigned width, int outLength) {
+    const unsigned chunks = width / 8, total = s.tokens * chunks, length = s.length;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const unsigned token = i / chunks, c = i - token * chunks;
+        const unsigned b = token / length, l = token - b * length;
+        const uint2 *src = reinterpret_cast<const uint2 *>(s.qkv + (u64)token * 3 * width + 2 * width + 8 * c);
+        float x[8];
+        unpack4(src[0], x);
+        unpack4(src[1], x + 4);
+        *reinterpret_cast<uint2 *>(out + (((u64)b * outLength + s.offset + l) * width + 8 * c)) = pack8_e4m3(x, r);
+    }
+}
+
+/// The joint V of up to two streams as e4m3 scaled by 448 / amax, amax the largest of attention_inputs_fp8_d128's
+/// `count` block maxima; descale[0] = amax / 448. Read straight from the projections: no BF16 copy of V. The streams
+/// go one after the other (selecting a by-value parameter per element would put both in local memory).
 extern "C" __global__ void quantize_v_fp8(fp8e4m3 *out, float *descale, const float *partials, int count, AttentionStream s0,
                                           AttentionStream s1, int width, int outLength) {
     __shared__ float scratch[32];
@@ -163,17 +178,6 @@ extern "C" __global__ void quantize_v_fp8(fp8e4m3 *out, float *descale, const fl
     a = fmaxf(block_max(a, scratch), 1e-12f);
     const float r = 448.f / a;
     if (blockIdx.x == 0 && threadIdx.x == 0) descale[0] = a / 448.f;
-    const unsigned chunks = width / 8, chunks0 = s0.tokens * chunks, total = chunks0 + s1.tokens * chunks;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const bool first = i < chunks0;
-        const AttentionStream &s = first ? s0 : s1;
-        const unsigned j = first ? i : i - chunks0;
-        const unsigned token = j / chunks, c = j - token * chunks;
-        const unsigned b = token / (unsigned)s.length, l = token - b * (unsigned)s.length;
-        const uint2 *src = reinterpret_cast<const uint2 *>(s.qkv + (u64)token * 3 * width + 2 * width + 8 * c);
-        float x[8];
-        unpack4(src[0], x);
-        unpack4(src[1], x + 4);
-        *reinterpret_cast<uint2 *>(out + (((u64)b * outLength + s.offset + l) * width + 8 * c)) = pack8_e4m3(x, r);
-    }
+    quantize_stream_v(out, s0, r, width, outLength);
+    quantize_stream_v(out, s1, r, width, outLength);
 }
