@@ -139,6 +139,9 @@ public protocol Backend: AnyObject {
     /// `feedsQuantizableLinears`: the result goes only into `.quantizableLinear` layers, so the backend may hand it
     /// over in their input precision (FP8 with per-row scales on CUDA under `--precision fp8`).
     func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float, feedsQuantizableLinears: Bool) -> Tensor
+    /// `layerNormModulate` of several inputs at once, in one launch where the backend can (FLUX's double blocks norm
+    /// their image and text tokens together: the text alone is too little work to fill a GPU).
+    func layerNormModulate(_ inputs: [ModulatedNormInput<Tensor>], eps: Float, feedsQuantizableLinears: Bool) -> [Tensor]
     /// `x + gate * y`, `gate` `[B, C]` broadcast over the sequence.
     func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
@@ -152,6 +155,17 @@ public protocol Backend: AnyObject {
     func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, gate: Tensor, residual: Tensor) -> Tensor
     /// `residual + conv2d(x)`: a resnet's second convolution with its skip connection in the epilogue.
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding, residual: Tensor) -> Tensor
+}
+
+/// One input of a batched `layerNormModulate`: tokens `x` `[B, L, C]` with their `shift` and `scale` `[B, C]`.
+public struct ModulatedNormInput<Tensor> {
+    public var x: Tensor
+    public var shift: Tensor
+    public var scale: Tensor
+
+    public init(_ x: Tensor, shift: Tensor, scale: Tensor) {
+        (self.x, self.shift, self.scale) = (x, shift, scale)
+    }
 }
 
 /// One stream's fused Q, K, V projection with its QK-norm weights `[D]` and rotary table, for `attentionInputs`.
@@ -227,6 +241,10 @@ extension Backend {
 
     public func layerNormModulate(_ x: Tensor, shift: Tensor, scale: Tensor, eps: Float, feedsQuantizableLinears: Bool) -> Tensor {
         modulate(layerNorm(x, weight: nil, bias: nil, eps: eps), shift: shift, scale: scale)
+    }
+
+    public func layerNormModulate(_ inputs: [ModulatedNormInput<Tensor>], eps: Float, feedsQuantizableLinears: Bool) -> [Tensor] {
+        inputs.map { layerNormModulate($0.x, shift: $0.shift, scale: $0.scale, eps: eps, feedsQuantizableLinears: feedsQuantizableLinears) }
     }
 
     /// `layerNormModulate` with a result in the activation precision.

@@ -202,7 +202,7 @@ extension CUDABackend {
             requireBF16(x, shift, scale, op: "layerNormModulate")
             let (rows, channels) = channelLayout(x, shift, op: "layerNormModulate")
             let out = try empty(x.shape)
-            if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps, rowsPerBatch: rows) { return out }
+            if try layerNormModulateByWarps([(out, ModulatedNormInput(x, shift: shift, scale: scale))], eps: eps) { return out }
             try launchKernel("norm", "layernorm_modulate_bf16", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256)) {
                 $0.add(out.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
                 $0.add(UInt64(rows)); $0.add(Int32(channels))
@@ -216,7 +216,7 @@ extension CUDABackend {
         requireBF16(x, shift, scale, op: "layerNormModulateFP8")
         let (rows, channels) = channelLayout(x, shift, op: "layerNormModulateFP8")
         let out = try empty(x.shape, .fp8)
-        if try layerNormModulateByWarps(out: out, x, shift: shift, scale: scale, eps: eps, rowsPerBatch: rows) { return out }
+        if try layerNormModulateByWarps([(out, ModulatedNormInput(x, shift: shift, scale: scale))], eps: eps) { return out }
         try launchKernel("norm", "layernorm_modulate_fp8", grid: (x.count / channels, 1, 1), block: rowBlock(channels, limit: 256), shared: channels * 4) {
             $0.add(out.pointer); $0.add(out.scales!.pointer); $0.add(x.pointer); $0.add(shift.pointer); $0.add(scale.pointer); $0.add(eps)
             $0.add(UInt64(rows)); $0.add(Int32(channels))
@@ -224,22 +224,61 @@ extension CUDABackend {
         return out
     }
 
-    /// adaLN with a warp per row (`layernorm_modulate_warp`) where the rows fit it (C a multiple of 256, at most
-    /// 256 x norm.cu's WARP_ROW_CHUNKS, 16-byte aligned); false where they do not.
-    func layerNormModulateByWarps(out: CUDATensor, _ x: CUDATensor, shift: CUDATensor, scale: CUDATensor, eps: Float,
-                                  rowsPerBatch: Int) throws -> Bool {
-        let channels = x.shape.last!, warpRowChunks = 12
-        guard channels % 256 == 0, channels <= 256 * warpRowChunks,
-              [out.pointer, x.pointer, shift.pointer, scale.pointer].allSatisfy({ $0 % 16 == 0 }) else {
-            return false
+    /// Two inputs of one width take one launch of the warp kernel (each output FP8 or BF16 as the one-input form
+    /// makes it); others, one launch each.
+    public func layerNormModulate(_ inputs: [ModulatedNormInput<CUDATensor>], eps: Float, feedsQuantizableLinears: Bool) -> [CUDATensor] {
+        attempt {
+            let fp8 = feedsQuantizableLinears && linearPrecision == .fp8
+            if inputs.count == 2, inputs[0].x.shape.last == inputs[1].x.shape.last, warpRowsFit(inputs) {
+                for i in inputs {
+                    requireBF16(i.x, i.shift, i.scale, op: "layerNormModulate")
+                    _ = channelLayout(i.x, i.shift, op: "layerNormModulate")
+                }
+                let outs = try inputs.map { try empty($0.x.shape, fp8 ? .fp8 : .bf16) }
+                if try layerNormModulateByWarps(Array(zip(outs, inputs)), eps: eps) { return outs }
+            }
+            return inputs.map { layerNormModulate($0.x, shift: $0.shift, scale: $0.scale, eps: eps, feedsQuantizableLinears: feedsQuantizableLinears) }
         }
-        let rows = x.count / channels
+    }
+
+    /// Whether inputs fit the warp adaLN kernel: C a multiple of 256 up to 256 x norm.cu's WARP_ROW_CHUNKS, 16-byte
+    /// aligned rows and vectors.
+    func warpRowsFit(_ inputs: [ModulatedNormInput<CUDATensor>]) -> Bool {
+        inputs.allSatisfy { i in
+            let channels = i.x.shape.last!
+            return channels % 256 == 0 && channels <= 256 * 12 && [i.x.pointer, i.shift.pointer, i.scale.pointer].allSatisfy { $0 % 16 == 0 }
+        }
+    }
+
+    /// adaLN with a warp per row (`layernorm_modulate_warp`), one or two inputs of one width in one launch, where they
+    /// fit it (`warpRowsFit`, and 16-byte aligned outputs); false where they do not.
+    func layerNormModulateByWarps(_ items: [(out: CUDATensor, input: ModulatedNormInput<CUDATensor>)], eps: Float) throws -> Bool {
+        precondition(items.count == 1 || items.count == 2, "layerNormModulateByWarps: \(items.count) inputs")
+        guard warpRowsFit(items.map(\.input)), items.allSatisfy({ $0.out.pointer % 16 == 0 }) else { return false }
+        let channels = items[0].input.x.shape.last!
+        precondition(MemoryLayout<AdaLNRowsArgument>.size == 56, "AdaLNRowsArgument must match norm.cu's AdaLNRows")
+        let arguments = items.map { item in
+            AdaLNRowsArgument(out: item.out.pointer, rowScale: item.out.type == .fp8 ? item.out.scales!.pointer : 0, x: item.input.x.pointer,
+                              shift: item.input.shift.pointer, scale: item.input.scale.pointer, rows: UInt64(item.input.x.count / channels),
+                              rowsPerBatch: UInt64(item.input.x.count / (item.input.x.shape[0] * channels)))
+        } + (items.count == 1 ? [AdaLNRowsArgument()] : [])
+        let rows = Int(arguments[0].rows + arguments[1].rows)
         try launchKernel("norm", "layernorm_modulate_warp", grid: ((rows + 3) / 4, 1, 1), block: (128, 1, 1)) {
-            $0.add(out.pointer); $0.add(out.type == .fp8 ? out.scales!.pointer : 0); $0.add(x.pointer); $0.add(shift.pointer)
-            $0.add(scale.pointer); $0.add(eps); $0.add(UInt64(rows)); $0.add(UInt64(rowsPerBatch)); $0.add(Int32(channels))
+            $0.add(arguments[0]); $0.add(arguments[1]); $0.add(eps); $0.add(Int32(channels))
         }
         return true
     }
+}
+
+/// norm.cu's `AdaLNRows`, a kernel parameter passed by value: seven 8-byte fields in the same order (zero rows: none).
+struct AdaLNRowsArgument {
+    var out: UInt64 = 0
+    var rowScale: UInt64 = 0
+    var x: UInt64 = 0
+    var shift: UInt64 = 0
+    var scale: UInt64 = 0
+    var rows: UInt64 = 0
+    var rowsPerBatch: UInt64 = 1
 }
 
 /// rope.cu's `AttentionStream`, a kernel parameter passed by value: eight 8-byte fields in the same order.

@@ -237,6 +237,25 @@ public final class GPUSelftest {
         // The VAE decoder's channel counts with and without SiLU, its big shapes timed (from 65536 pixels); 384
         // channels (48 lanes a pixel, blocks of 240 threads) over enough pixels for the unrolled loop and a
         // remainder; 36 channels and an input 2 bytes off alignment for the kernels' scalar paths.
+        // Two inputs in one launch (a double block's image and text rows): BF16, and FP8 where linears are FP8.
+        let inputs = [[1, 300, 3072], [1, 77, 3072]].map { shape in
+            (x: rng.tensor(shape, offset: 0.2), shift: rng.tensor([1, 3072]), scale: rng.tensor([1, 3072], scale: 0.5))
+        }
+        let deviceInputs = inputs.map { ModulatedNormInput(up($0.x), shift: up($0.shift), scale: up($0.scale)) }
+        for feeds in [false, true] {
+            let fp8 = feeds && gpu.linearPrecision == .fp8
+            let outs = gpu.layerNormModulate(deviceInputs, eps: 1e-6, feedsQuantizableLinears: feeds)
+            for (index, input) in inputs.enumerated() {
+                record("layerNormModulate pair \(index)\(fp8 ? "→fp8" : "")", input.x.shape, precision: fp8 ? "fp8" : "bf16",
+                       note: fp8 ? "vs host-quantized reference" : "") {
+                    let ref = cpu.layerNormModulate(input.x, shift: input.shift, scale: input.scale, eps: 1e-6)
+                    guard fp8 else { return (down(outs[index]), ref) }
+                    guard outs[index].type == .fp8 else { throw KilnError.invalidArgument("expected FP8, got \(outs[index].type)") }
+                    let rounded = HostTensor(shape: ref.shape, data: ref.data.map { NumberFormats.bf16ToFloat(NumberFormats.floatToBF16($0)) })
+                    return (down(outs[index]), GPUSelftest.quantizeRowsOnHost(rounded))
+                }
+            }
+        }
         let groupNormCases: [(shape: [Int], groups: Int, silu: Bool, unaligned: Bool)] = [
             ([1, 64, 64, 128], 32, true, false), ([1, 256, 256, 128], 32, false, false), ([1, 1024, 1024, 128], 32, true, false),
             ([1, 64, 64, 256], 32, false, false), ([1, 256, 256, 256], 32, true, false), ([1, 512, 512, 256], 32, true, false),

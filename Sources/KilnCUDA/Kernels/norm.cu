@@ -169,18 +169,27 @@ __device__ __forceinline__ void warp_modulated_row(uint4 v[WARP_ROW_CHUNKS], con
         if (j < per) v[j] = chunk_modulated(v[j], mean, inv, sc, sh, 8 * (lane + 32 * j), channels, true);
 }
 
-/// adaLN with one warp per row, for C a multiple of 256 up to 256 x WARP_ROW_CHUNKS and 16-byte aligned rows; BF16 out,
-/// or (`rowScale` non-null) FP8 e4m3 with one fp32 scale per row.
-extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, const bf16 *x, const bf16 *shift, const bf16 *scale,
-                                                   float eps, u64 rows, u64 rowsPerBatch, int channels) {
-    const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
+/// One adaLN input of `layernorm_modulate_warp`: x [B, rows / B, C] with shift and scale [B, C], and its output (BF16,
+/// or FP8 e4m3 with one fp32 scale per row where rowScale is non-null). All fields are 8 bytes, matching
+/// `AdaLNRowsArgument` on the Swift side field for field.
+struct AdaLNRows {
+    void *out;
+    float *rowScale;
+    const bf16 *x;
+    const bf16 *shift;
+    const bf16 *scale;
+    u64 rows;
+    u64 rowsPerBatch;
+};
+
+/// Row `row` of adaLN input s, by one warp.
+__device__ __forceinline__ void modulate_warp_row(const AdaLNRows &s, u64 row, float eps, int channels) {
     const int lane = threadIdx.x & 31, per = channels / 256;
-    const u64 b = row / rowsPerBatch;
+    const u64 b = row / s.rowsPerBatch;
     uint4 v[WARP_ROW_CHUNKS];
-    warp_modulated_row(v, x + row * channels, shift + b * channels, scale + b * channels, channels, per, eps);
-    if (!rowScale) {
-        bf16 *o = (bf16 *)out + row * channels;
+    warp_modulated_row(v, s.x + row * channels, s.shift + b * channels, s.scale + b * channels, channels, per, eps);
+    if (!s.rowScale) {
+        bf16 *o = (bf16 *)s.out + row * channels;
 #pragma unroll
         for (int j = 0; j < WARP_ROW_CHUNKS; j++) if (j < per) *reinterpret_cast<uint4 *>(o + 8 * (lane + 32 * j)) = v[j];
         return;
@@ -189,12 +198,25 @@ extern "C" __global__ void layernorm_modulate_warp(void *out, float *rowScale, c
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++)
         if (j < per) amax = chunk_amax(v[j], amax);
-    const float s = fmaxf(warp_max(amax), 1e-12f) / 448.f, r = 1.f / s;
-    if (lane == 0) rowScale[row] = s;
-    fp8e4m3 *o = (fp8e4m3 *)out + row * channels;
+    const float sc = fmaxf(warp_max(amax), 1e-12f) / 448.f, r = 1.f / sc;
+    if (lane == 0) s.rowScale[row] = sc;
+    fp8e4m3 *o = (fp8e4m3 *)s.out + row * channels;
 #pragma unroll
     for (int j = 0; j < WARP_ROW_CHUNKS; j++)
         if (j < per) *reinterpret_cast<uint2 *>(o + 8 * (lane + 32 * j)) = chunk_e4m3(v[j], r);
+}
+
+/// adaLN with one warp per row, for C a multiple of 256 up to 256 x WARP_ROW_CHUNKS and 16-byte aligned rows, of one
+/// input or two (b.rows = 0: one) in one launch: FLUX's text rows, too few to fill the GPU alone, ride along with the
+/// image's.
+extern "C" __global__ void layernorm_modulate_warp(AdaLNRows a, AdaLNRows b, float eps, int channels) {
+    const u64 row = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= a.rows + b.rows) return;
+    // Field by field (one inlined row body; two would cost registers, a selected reference a stack copy).
+    const bool first = row < a.rows;
+    const AdaLNRows s = {first ? a.out : b.out, first ? a.rowScale : b.rowScale, first ? a.x : b.x, first ? a.shift : b.shift,
+                         first ? a.scale : b.scale, first ? a.rows : b.rows, first ? a.rowsPerBatch : b.rowsPerBatch};
+    modulate_warp_row(s, first ? row : row - a.rows, eps, channels);
 }
 
 /// adaLN: layerNorm(x) * (1 + scale) + shift, x [B, rows, C], shift/scale [B, C], for rows the warp kernel does not

@@ -48,16 +48,22 @@ public struct DoubleStreamBlock<B: Backend> {
         let imageMod = Array(modulation[0..<2])
         let textMod = Array(modulation[2..<4])
 
-        func projectQKV(_ x: B.Tensor, _ mod: ModulationVectors<B.Tensor>, _ stream: StreamWeights<B>,
-                        _ rope: RotaryTable<B.Tensor>?) -> QKVStream<B.Tensor> {
-            let normed = backend.layerNormModulate(x, shift: mod.shift, scale: mod.scale, eps: 1e-6, feedsQuantizableLinears: true)
-            return QKVStream(qkv: stream.qkv(normed, backend), queryNorm: stream.queryNorm, keyNorm: stream.keyNorm, rope: rope)
+        // Both streams' adaLN in one op (one launch on CUDA: the text rows alone are too few to fill the GPU).
+        func normed(_ image: B.Tensor, _ imageMod: ModulationVectors<B.Tensor>, _ text: B.Tensor,
+                    _ textMod: ModulationVectors<B.Tensor>) -> [B.Tensor] {
+            backend.layerNormModulate([ModulatedNormInput(image, shift: imageMod.shift, scale: imageMod.scale),
+                                       ModulatedNormInput(text, shift: textMod.shift, scale: textMod.scale)],
+                                      eps: 1e-6, feedsQuantizableLinears: true)
+        }
+        func projectQKV(_ normed: B.Tensor, _ stream: StreamWeights<B>, _ rope: RotaryTable<B.Tensor>?) -> QKVStream<B.Tensor> {
+            QKVStream(qkv: stream.qkv(normed, backend), queryNorm: stream.queryNorm, keyNorm: stream.keyNorm, rope: rope)
         }
         let textTokens = backend.shape(txt)[1]
         // The streams meet only in attention: before and after it, the short text work can fill the SMs the image's
         // GEMMs leave idle (image first, as the longer one).
-        let (imageQKV, textQKV) = backend.concurrently({ projectQKV(img, imageMod[0], image, rope?.image) },
-                                                       { projectQKV(txt, textMod[0], text, rope?.text) })
+        let attentionNormed = normed(img, imageMod[0], txt, textMod[0])
+        let (imageQKV, textQKV) = backend.concurrently({ projectQKV(attentionNormed[0], image, rope?.image) },
+                                                       { projectQKV(attentionNormed[1], text, rope?.text) })
         // One joint sequence, text first; rotary embedding is per position, so each stream takes its own rows of the table.
         let (q, k, v) = backend.attentionInputs([textQKV, imageQKV], eps: 1e-6, heads: heads)
         let attended = backend.attention(q: q, k: k, v: v, heads: heads, scale: nil, keyMask: nil)
@@ -65,12 +71,13 @@ public struct DoubleStreamBlock<B: Backend> {
         let textAttention = backend.slice(attended, axis: 1, 0..<textTokens)
         let imageAttention = backend.slice(attended, axis: 1, textTokens..<total)
 
-        func finish(_ x: B.Tensor, _ attention: B.Tensor, _ mod: [ModulationVectors<B.Tensor>], _ stream: StreamWeights<B>) -> B.Tensor {
-            let x = stream.projection(attention, backend, gate: mod[0].gate, residual: x)
-            let normed = backend.layerNormModulate(x, shift: mod[1].shift, scale: mod[1].scale, eps: 1e-6, feedsQuantizableLinears: true)
-            return stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend, gate: mod[1].gate, residual: x)
+        let (imageOut, textOut) = backend.concurrently({ image.projection(imageAttention, backend, gate: imageMod[0].gate, residual: img) },
+                                                       { text.projection(textAttention, backend, gate: textMod[0].gate, residual: txt) })
+        let mlpNormed = normed(imageOut, imageMod[1], textOut, textMod[1])
+        func mlp(_ x: B.Tensor, _ normed: B.Tensor, _ mod: ModulationVectors<B.Tensor>, _ stream: StreamWeights<B>) -> B.Tensor {
+            stream.mlpOut(stream.mlpIn(normed, backend, activation: .geluTanh), backend, gate: mod.gate, residual: x)
         }
-        return backend.concurrently({ finish(img, imageAttention, imageMod, image) }, { finish(txt, textAttention, textMod, text) })
+        return backend.concurrently({ mlp(imageOut, mlpNormed[0], imageMod[1], image) }, { mlp(textOut, mlpNormed[1], textMod[1], text) })
     }
 }
 
