@@ -166,7 +166,8 @@ extension CUDABackend {
             return AttentionStreamArgument(s, offset: offset)
         }
         if arguments.count == 1 { arguments.append(.none) }
-        let blocks = min((batch * total * heads + 7) / 8, device.multiprocessors * 8)
+        // One wave: the kernel's launch bounds fit 4 blocks of 256 an SM; its warps loop over the rows.
+        let blocks = min((batch * total * heads + 7) / 8, device.multiprocessors * 4)
         let partials = try pool.allocate(blocks * 4)
         try launchKernel("rope", "attention_inputs_fp8_d128", grid: (blocks, 1, 1), block: (256, 1, 1)) {
             $0.add(q.pointer); $0.add(k.pointer); $0.add(slots.pointer); $0.add(partials.pointer); $0.add(arguments[0]); $0.add(arguments[1])

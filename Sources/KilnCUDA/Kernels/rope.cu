@@ -75,12 +75,14 @@ struct AttentionStream {
     u64 offset;  // first joint token
 };
 
-/// One (token, head) row of a stream with 128-wide heads, by a warp (8 bytes per lane of each of Q, K, V): Q and K
-/// normed and rotated, then written into the joint tensors (BF16, or e4m3 times rq / rk); V copied (BF16) or only its
-/// absolute maximum folded into `amax` (FP8).
-template <bool FP8>
-__device__ __forceinline__ float attention_input_row(void *q, void *k, bf16 *v, const AttentionStream &s, unsigned row, int heads,
-                                                     int outLength, float eps, float rq, float rk, float amax) {
+/// What a lane reads of one (token, head) row of a stream with 128-wide heads (8 bytes each of Q, K, V from the fused
+/// projection and of the rotary table's cos and sin; zeros where there is no table), and where its outputs go.
+struct AttentionRowData {
+    uint2 q, k, v, cs, sn;
+    u64 dst;
+};
+
+__device__ __forceinline__ AttentionRowData load_attention_row(const AttentionStream &s, unsigned row, int heads, int outLength) {
     const int lane = threadIdx.x & 31;
     const u64 width = (u64)heads * 128;
     // 32-bit index arithmetic (64-bit division is a long instruction sequence): rows and tokens fit.
@@ -89,35 +91,58 @@ __device__ __forceinline__ float attention_input_row(void *q, void *k, bf16 *v, 
     const unsigned b = token / (unsigned)s.length;
     const unsigned l = token - b * (unsigned)s.length;
     const bf16 *src = s.qkv + token * 3 * width + h * 128 + 4 * lane;
-    const u64 dst = (((u64)b * outLength + s.offset + l) * heads + h) * 128 + 4 * lane;
-    float xq[4], xk[4], xv[4];
-    unpack4(*reinterpret_cast<const uint2 *>(src), xq);
-    unpack4(*reinterpret_cast<const uint2 *>(src + width), xk);
-    const uint2 rv = *reinterpret_cast<const uint2 *>(src + 2 * width);
-    const bool rotate = s.cosTable != nullptr;
-    uint2 cs = make_uint2(0, 0), sn = make_uint2(0, 0);
-    if (rotate) {
-        cs = *reinterpret_cast<const uint2 *>(s.cosTable + (u64)l * 128 + 4 * lane);
-        sn = *reinterpret_cast<const uint2 *>(s.sinTable + (u64)l * 128 + 4 * lane);
+    AttentionRowData d;
+    d.q = *reinterpret_cast<const uint2 *>(src);
+    d.k = *reinterpret_cast<const uint2 *>(src + width);
+    d.v = *reinterpret_cast<const uint2 *>(src + 2 * width);
+    d.cs = d.sn = make_uint2(0, 0);
+    if (s.cosTable) {
+        d.cs = *reinterpret_cast<const uint2 *>(s.cosTable + (u64)l * 128 + 4 * lane);
+        d.sn = *reinterpret_cast<const uint2 *>(s.sinTable + (u64)l * 128 + 4 * lane);
     }
-    norm_rotate4(xq, s.qWeight, cs, sn, rotate, lane, eps);
-    norm_rotate4(xk, s.kWeight, cs, sn, rotate, lane, eps);
+    d.dst = (((u64)b * outLength + s.offset + l) * heads + h) * 128 + 4 * lane;
+    return d;
+}
+
+/// Q and K of a loaded row normed and rotated (`rotate`: by the loaded table), then written into the joint tensors
+/// (BF16, or e4m3 times rq / rk); V copied (BF16) or only its absolute maximum folded into `amax` (FP8).
+template <bool FP8>
+__device__ __forceinline__ float store_attention_row(void *q, void *k, bf16 *v, const AttentionRowData &d, const bf16 *qWeight,
+                                                     const bf16 *kWeight, bool rotate, float eps, float rq, float rk, float amax) {
+    const int lane = threadIdx.x & 31;
+    float xq[4], xk[4], xv[4];
+    unpack4(d.q, xq);
+    unpack4(d.k, xk);
+    norm_rotate4(xq, qWeight, d.cs, d.sn, rotate, lane, eps);
+    norm_rotate4(xk, kWeight, d.cs, d.sn, rotate, lane, eps);
     if (FP8) {
-        *reinterpret_cast<unsigned *>((fp8e4m3 *)q + dst) = pack4_e4m3(xq, rq);
-        *reinterpret_cast<unsigned *>((fp8e4m3 *)k + dst) = pack4_e4m3(xk, rk);
-        unpack4(rv, xv);
+        *reinterpret_cast<unsigned *>((fp8e4m3 *)q + d.dst) = pack4_e4m3(xq, rq);
+        *reinterpret_cast<unsigned *>((fp8e4m3 *)k + d.dst) = pack4_e4m3(xk, rk);
+        unpack4(d.v, xv);
         return fmaxf(amax, fmaxf(fmaxf(fabsf(xv[0]), fabsf(xv[1])), fmaxf(fabsf(xv[2]), fabsf(xv[3]))));
     }
-    *reinterpret_cast<uint2 *>((bf16 *)q + dst) = pack4_bf16(xq);
-    *reinterpret_cast<uint2 *>((bf16 *)k + dst) = pack4_bf16(xk);
-    *reinterpret_cast<uint2 *>(v + dst) = rv;
+    *reinterpret_cast<uint2 *>((bf16 *)q + d.dst) = pack4_bf16(xq);
+    *reinterpret_cast<uint2 *>((bf16 *)k + d.dst) = pack4_bf16(xk);
+    *reinterpret_cast<uint2 *>(v + d.dst) = d.v;
     return amax;
 }
 
 /// Joint attention inputs of one stream, BF16: a warp per (token, head).
 extern "C" __global__ void attention_inputs_d128(bf16 *q, bf16 *k, bf16 *v, AttentionStream s, float eps, int heads, int outLength) {
     const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row < s.tokens * heads) attention_input_row<false>(q, k, v, s, row, heads, outLength, eps, 1.f, 1.f, 0.f);
+    if (row < s.tokens * heads)
+        store_attention_row<false>(q, k, v, load_attention_row(s, row, heads, outLength), s.qWeight, s.kWeight, s.cosTable != nullptr,
+                                   eps, 1.f, 1.f, 0.f);
+}
+
+/// Row `row` of the joint rows of two streams (s0's first), loaded from its stream: fields picked one by one (a
+/// selected reference to a by-value parameter would copy both to the stack).
+__device__ __forceinline__ AttentionRowData load_joint_row(const AttentionStream &s0, const AttentionStream &s1, unsigned row,
+                                                           unsigned rows0, int heads, int outLength) {
+    const bool first = row < rows0;
+    const AttentionStream s = {first ? s0.qkv : s1.qkv, nullptr, nullptr, first ? s0.cosTable : s1.cosTable,
+                               first ? s0.sinTable : s1.sinTable, 0, first ? s0.length : s1.length, first ? s0.offset : s1.offset};
+    return load_attention_row(s, first ? row : row - rows0, heads, outLength);
 }
 
 /// The largest |w| of a 128-wide norm weight, over the warp (4 per lane).
@@ -133,8 +158,9 @@ __device__ __forceinline__ float norm_weight_amax(const bf16 *w) {
 /// of the weights' products and the tables). They are written as e4m3 with those scales, the descales into slots[0]
 /// and slots[4]. V is only read, for its absolute maximum: each block's goes into partials[blockIdx.x], for
 /// `quantize_v_fp8`, which quantizes V once the whole tensor's maximum is known (no zeroed accumulator to prepare).
-extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, float *slots, float *partials, AttentionStream s0,
-                                                     AttentionStream s1, float eps, int heads, int outLength) {
+extern "C" __global__ void __launch_bounds__(256, 4) attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, float *slots, float *partials,
+                                                                                AttentionStream s0, AttentionStream s1, float eps,
+                                                                                int heads, int outLength) {
     float mq = norm_weight_amax(s0.qWeight), mk = norm_weight_amax(s0.kWeight);
     if (s1.tokens) { mq = fmaxf(mq, norm_weight_amax(s1.qWeight)); mk = fmaxf(mk, norm_weight_amax(s1.kWeight)); }
     const float bound = 1.02f * sqrtf(128.f) / 448.f;
@@ -144,9 +170,19 @@ extern "C" __global__ void attention_inputs_fp8_d128(fp8e4m3 *q, fp8e4m3 *k, flo
     const unsigned rows0 = s0.tokens * heads, rows = rows0 + s1.tokens * heads;
     const unsigned warps = gridDim.x * (blockDim.x >> 5);
     float amax = 0.f;
-    for (unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += warps)
-        amax = row < rows0 ? attention_input_row<true>(q, k, nullptr, s0, row, heads, outLength, eps, rq, rk, amax)
-                           : attention_input_row<true>(q, k, nullptr, s1, row - rows0, heads, outLength, eps, rq, rk, amax);
+    // Two rows an iteration, both loaded before either is used: twice the bytes in flight of one.
+    for (unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += 2 * warps) {
+        const unsigned next = row + warps;
+        const AttentionRowData a = load_joint_row(s0, s1, row, rows0, heads, outLength);
+        AttentionRowData b;
+        if (next < rows) b = load_joint_row(s0, s1, next, rows0, heads, outLength);
+        const bool firstA = row < rows0, firstB = next < rows0;
+        amax = store_attention_row<true>(q, k, nullptr, a, firstA ? s0.qWeight : s1.qWeight, firstA ? s0.kWeight : s1.kWeight,
+                                         (firstA ? s0.cosTable : s1.cosTable) != nullptr, eps, rq, rk, amax);
+        if (next < rows)
+            amax = store_attention_row<true>(q, k, nullptr, b, firstB ? s0.qWeight : s1.qWeight, firstB ? s0.kWeight : s1.kWeight,
+                                             (firstB ? s0.cosTable : s1.cosTable) != nullptr, eps, rq, rk, amax);
+    }
     __shared__ float scratch[32];
     amax = block_max(amax, scratch);
     if (threadIdx.x == 0) partials[blockIdx.x] = amax;
