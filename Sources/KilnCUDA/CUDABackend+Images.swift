@@ -16,8 +16,9 @@ extension CUDABackend {
         convolution(x, weight: weight, bias: bias, stride: stride, padding: padding, residual: residual)
     }
 
-    /// cuDNN with the bias and residual in its epilogue where it has an engine for that graph, else cuDNN's plain
-    /// convolution followed by our kernels, else im2col + GEMM.
+    /// Kiln's kernel for few output channels where it applies (`convolutionWithFewOutputs`), else cuDNN with the bias
+    /// and residual in its epilogue where it has an engine for that graph, else cuDNN's plain convolution followed by
+    /// our kernels, else im2col + GEMM.
     func convolution(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding,
                      residual: CUDATensor?) -> CUDATensor {
         attempt {
@@ -31,6 +32,11 @@ extension CUDABackend {
             if let residual {
                 requireBF16(residual, op: "conv2d residual")
                 precondition(residual.shape == [batch, outH, outW, outC], "conv2d: residual \(residual.shape) for output \([batch, outH, outW, outC])")
+            }
+            if convolutionKernel == .auto, residual == nil,
+               let y = try convolutionWithFewOutputs(x, weight: weight, bias: bias, stride: stride, padding: padding, outHeight: outH, outWidth: outW) {
+                lastConvolutionPath = "own"
+                return y
             }
             if convolutionKernel != .gemm, outC % 8 != 0, residual == nil, cudnn() != nil {
                 return try convolutionPaddingChannels(x, weight: weight, bias: bias, stride: stride, padding: padding)
@@ -104,9 +110,34 @@ extension CUDABackend {
         return fastest.candidate
     }
 
-    /// A convolution whose output channels are not a multiple of 8 (the VAE's last, 128 → 3): cuDNN's engines for
-    /// such outputs are slow (70 ms at 1024x1024 where 8 channels take well under one), so the filter and bias are
-    /// zero-padded to a multiple of 8 and the extra channels dropped after.
+    /// `convolution.cu`'s direct kernel, which reads the input once and writes the output at its exact width, for
+    /// convolutions with at most 8 output channels (the VAE decoder's last, 128 → 3, where cuDNN took 0.34 ms at
+    /// 1024x1024 plus a copy to drop the channels padded to 8): 3x3 or 1x1, stride 1, input channels a multiple of 8,
+    /// input and filter 16-byte aligned. Nil where it does not apply.
+    func convolutionWithFewOutputs(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding,
+                                   outHeight: Int, outWidth: Int) throws -> CUDATensor? {
+        let (batch, height, width, inC) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (outC, kernelSize) = (weight.shape[0], weight.shape[1])
+        // convolution.cu's CONV_WARPS x 16 columns and CONV_ROWS rows a block.
+        let (blockWarps, blockRows) = (4, 8)
+        guard outC <= 8, inC % 8 == 0, stride == 1, weight.shape[2] == kernelSize, kernelSize == 3 || kernelSize == 1,
+              outHeight > 0, outWidth > 0, x.pointer % 16 == 0, weight.pointer % 16 == 0,
+              batch <= 65_535, outHeight <= 65_535 * blockRows else { return nil }  // the grid's y and z limits
+        let out = try empty([batch, outHeight, outWidth, outC])
+        try launchKernel("convolution", "conv_few_outputs_bf16",
+                         grid: ((outWidth + 16 * blockWarps - 1) / (16 * blockWarps), (outHeight + blockRows - 1) / blockRows, batch),
+                         block: (32 * blockWarps, 1, 1)) {
+            $0.add(out.pointer); $0.add(x.pointer); $0.add(weight.pointer); $0.add(nullable(bias)); $0.add(Int32(height))
+            $0.add(Int32(width)); $0.add(Int32(inC)); $0.add(Int32(outC)); $0.add(Int32(outHeight)); $0.add(Int32(outWidth))
+            $0.add(Int32(padding.top)); $0.add(Int32(padding.left)); $0.add(Int32(kernelSize))
+        }
+        return out
+    }
+
+    /// A convolution whose output channels are not a multiple of 8, on cuDNN (`KILN_CONV=cudnn`, or where
+    /// `convolutionWithFewOutputs` does not apply): cuDNN's engines for such outputs are slow (70 ms at 1024x1024 for
+    /// the VAE's 128 → 3 where 8 channels take well under one), so the filter and bias are zero-padded to a multiple
+    /// of 8 and the extra channels dropped after.
     func convolutionPaddingChannels(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, stride: Int, padding: Padding) throws -> CUDATensor {
         let outC = weight.shape[0], padded = (outC + 7) / 8 * 8
         let filter = try empty([padded] + weight.shape.dropFirst())

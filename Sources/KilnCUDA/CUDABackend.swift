@@ -41,7 +41,9 @@ public final class CUDABackend: Backend {
     /// The implementation the last `attention` call used.
     public internal(set) var lastAttentionPath = ""
     var cudnnState: (library: CuDNN?, error: String?)?
-    /// How convolutions run: cuDNN when it has an engine (`KILN_CONV=cudnn|gemm|auto`), else im2col + cuBLASLt.
+    /// How convolutions run (`KILN_CONV=auto|cudnn|gemm`): `auto` takes Kiln's kernel for few output channels where
+    /// it applies, then cuDNN when it has an engine, else im2col + cuBLASLt; `cudnn` only cuDNN; `gemm` only im2col +
+    /// cuBLASLt.
     public enum ConvolutionKernel: String, Sendable { case auto, cudnn, gemm }
     public var convolutionKernel: ConvolutionKernel = ConvolutionKernel(rawValue: FileIO.environment("KILN_CONV") ?? "auto") ?? .auto
     public internal(set) var lastConvolutionPath = ""

@@ -557,10 +557,18 @@ public final class GPUSelftest {
     }
 
     func images() {
+        // Up to 8 outputs take Kiln's kernel on the auto path: odd sizes (partial tiles of 64 columns and 8 rows),
+        // 8 to 64 channels (a 32-channel slice partly past C), 1x1, asymmetric padding, 1 to 8 outputs. 12 outputs
+        // (not a multiple of 8) and a stride of 2 with 3 take cuDNN with the outputs padded to a multiple of 8.
         let cases: [(x: [Int], o: Int, k: Int, stride: Int, pad: Padding, bias: Bool)] = [
             ([1, 32, 32, 64], 128, 3, 1, .uniform(1), true), ([1, 32, 32, 128], 128, 3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), true),
             ([1, 64, 64, 256], 128, 1, 1, .uniform(0), true), ([1, 128, 128, 16], 512, 3, 1, .uniform(1), true),
             ([2, 16, 16, 128], 8, 3, 1, .uniform(1), false), ([1, 48, 40, 128], 3, 3, 1, .uniform(1), true),
+            ([2, 13, 17, 16], 3, 3, 1, .uniform(1), true), ([2, 13, 17, 16], 8, 3, 1, .uniform(1), false),
+            ([2, 13, 17, 16], 3, 3, 1, .uniform(1), false), ([2, 13, 17, 16], 5, 1, 1, .uniform(0), true),
+            ([1, 9, 20, 24], 4, 3, 1, Padding(top: 0, left: 2, bottom: 1, right: 0), true), ([1, 5, 7, 8], 1, 3, 1, .uniform(1), true),
+            ([1, 17, 70, 64], 7, 3, 1, .uniform(1), true),
+            ([1, 32, 32, 16], 12, 3, 1, .uniform(1), true), ([1, 32, 32, 128], 3, 3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), true),
         ]
         let saved = gpu.convolutionKernel
         defer { gpu.convolutionKernel = saved }
@@ -599,6 +607,21 @@ public final class GPUSelftest {
             }
             rows[rows.count - 1].note = gpu.lastConvolutionPath
         }
+        // The VAE decoder's last convolution (128 → 3 at 1024x1024) on the auto path, timed, against the CPU on every
+        // pixel; the note times the cuDNN path it replaced (outputs padded to 8, then the padding dropped).
+        gpu.convolutionKernel = .auto
+        let image = rng.tensor([1, 1024, 1024, 128]), last = rng.tensor([3, 3, 3, 128], scale: 1 / Float(9 * 128).squareRoot())
+        let lastBias = rng.tensor([3], scale: 0.2)
+        let (gImage, gLast, gLastBias) = (up(image), gpu.weight(last, role: .convolution), up(lastBias))
+        let convOut = { self.gpu.conv2d(gImage, weight: gLast, bias: gLastBias, stride: 1, padding: .uniform(1)) }
+        record("conv2d 3x3 VAE out", [1, 1024, 1024, 128, 3], time: { _ = convOut() }) {
+            (down(convOut()), cpu.conv2d(image, weight: last, bias: lastBias, stride: 1, padding: .uniform(1)))
+        }
+        let path = gpu.lastConvolutionPath
+        gpu.convolutionKernel = .cudnn
+        let padded = (try? measure { _ = convOut() }).map { "\(format($0, 3)) ms" } ?? "?"
+        rows[rows.count - 1].note = "\(path); cuDNN padded to 8 outputs: \(padded)"
+        gpu.convolutionKernel = .auto
         let x = rng.tensor([1, 32, 32, 128])
         record("upsampleNearest2x", x.shape) { (down(gpu.upsampleNearest2x(up(x))), cpu.upsampleNearest2x(x)) }
         // Upsample + 3x3 convolution as four 2x2 parity kernels on the small input: against the CPU's direct form, then

@@ -9,15 +9,8 @@
 #define ATT_D 128
 #define ATT_THREADS 256
 
-__device__ __forceinline__ unsigned smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 // Offset in 16-byte units of chunk `c` (0..15) of row `r` in a tile of 128-element rows.
 __device__ __forceinline__ int swz(int r, int c) { return r * 16 + (c ^ (r & 7)); }
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void *src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -26,11 +19,6 @@ __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned &r0, unsigned &r
 __device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-__device__ __forceinline__ void mma16816(float *c, const unsigned *a, unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Loads `rows` rows (row0.. of a sequence of `length`) of head h into a swizzled tile; rows past the end read as zeros.
@@ -72,7 +60,7 @@ attention_fwd_bf16_d128(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, 
     const int tiles = (keys + ATT_BN - 1) / ATT_BN;
 
     for (int t = 0; t < tiles; t++) {
-        cp_wait_all();
+        cp_wait<0>();
         __syncthreads();
         if (t == 0) {
 #pragma unroll
