@@ -87,21 +87,10 @@ public final class CuDNN: @unchecked Sendable {
     public func fp8AttentionPlan(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> Plan? {
         fp8Attention.plan(Shape(batch: batch, heads: heads, queries: queries, keys: keys, dim: dim)) {
             CuDNN.build { raw, workspace, count, info, infoSize, message, messageSize in
-                kc_sdpa_fp8_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), Int32(fp8AttentionConfig), raw,
+                kc_sdpa_fp8_create(handle, Int64(batch), Int64(heads), Int64(queries), Int64(keys), Int64(dim), 0, raw,
                                    workspace, count, info, infoSize, message, messageSize)
             }
         }
-    }
-
-    /// Which of cuDNN's executable FP8 attention engine configs to take (`KILN_FP8_ATTENTION_CONFIG`, default its
-    /// heuristic's first), for comparing them.
-    public var fp8AttentionConfig = Int(FileIO.environment("KILN_FP8_ATTENTION_CONFIG") ?? "") ?? 0
-
-    /// The FP8 attention plans built so far: shape, how many executable engine configs cuDNN offered, and the chosen
-    /// one's description (cuDNN's JSON).
-    public var fp8AttentionPlans: [(shape: String, configs: Int, engine: String)] {
-        fp8Attention.plans.map { ("\($0.key.batch)x\($0.key.heads)x\($0.key.queries)x\($0.key.keys)x\($0.key.dim)", $0.value.configCount, $0.value.engine) }
-            .sorted { $0.shape < $1.shape }
     }
 
     public func fp8AttentionFailure(batch: Int, heads: Int, queries: Int, keys: Int, dim: Int) -> String? {

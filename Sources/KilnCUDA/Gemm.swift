@@ -371,16 +371,9 @@ public final class GemmTuner: @unchecked Sendable {
     public let cache: GemmPlanCache
     public var candidateCount = 8
     /// Also search every configuration cuBLASLt accepts (screened with a short timing, the best 8 re-timed), not only
-    /// the heuristic's top candidates: `exhaustive` in `KILN_GEMM_TUNE` (and the selftest). About a second per shape,
-    /// which a first image pays for every shape of its resolution, so it is not the default; choices are cached per GPU.
-    public var exhaustive = GemmTuner.options.contains("exhaustive")
-    /// Time each candidate after ~0.1 s of its own back-to-back calls (`sustained` in `KILN_GEMM_TUNE`), at the power
-    /// limit a pipeline runs at, rather than from an idle GPU: FLUX holds an H100 at its 700 W limit, where the clock
-    /// follows the energy a configuration spends. About 2 s per shape.
-    public var sustained = GemmTuner.options.contains("sustained")
-
-    /// `KILN_GEMM_TUNE`, comma-separated.
-    static let options = Set((FileIO.environment("KILN_GEMM_TUNE") ?? "").split(separator: ",").map { String($0) })
+    /// the heuristic's top candidates: `KILN_GEMM_TUNE=exhaustive` (and the selftest). About a second per shape, which
+    /// a first image pays for every shape of its resolution, so it is not the default; choices are cached per GPU.
+    public var exhaustive = FileIO.environment("KILN_GEMM_TUNE") == "exhaustive"
 
     public init(lt: CuBLASLt, cache: GemmPlanCache) {
         self.lt = lt
@@ -400,18 +393,6 @@ public final class GemmTuner: @unchecked Sendable {
         roundRobinTrials(algorithms, rounds: rounds, stream: stream, run: { try plan.run(operands, stream: stream, algorithm: $0) },
                          measure: { try plan.time(operands, stream: stream, algorithm: $0, warmup: 1, repeats: repeats, batches: 1) })
             .map { Trial(algorithm: $0.candidate, milliseconds: $0.milliseconds) }
-    }
-
-    /// Each of `algorithms` timed under sustained load (`sustained`): 20 calls after back-to-back calls of the same
-    /// configuration for about `heatMilliseconds`, in two passes of opposite order; fastest first.
-    public func sustainedTrials(_ plan: GemmPlan, _ operands: GemmOperands, stream: CUDAStream, algorithms: [GemmAlgorithm],
-                                heatMilliseconds: Double = 100) -> [Trial] {
-        roundRobinTrials(algorithms, rounds: 2, stream: stream, run: { try plan.run(operands, stream: stream, algorithm: $0) },
-                         measure: { algorithm in
-            let once = try plan.time(operands, stream: stream, algorithm: algorithm, warmup: 0, repeats: 2, batches: 1)
-            let heat = min(4000, max(10, Int(heatMilliseconds / max(once, 1e-3))))
-            return try plan.time(operands, stream: stream, algorithm: algorithm, warmup: heat, repeats: 20, batches: 3)
-        }).map { Trial(algorithm: $0.candidate, milliseconds: $0.milliseconds) }
     }
 
     /// How many screened configurations go on to the full timing.
@@ -438,12 +419,11 @@ public final class GemmTuner: @unchecked Sendable {
         if exhaustive && plan.key.alignment >= 256 {
             candidates = try screen(plan, operands, stream: stream, first: candidates).prefix(finalists).map(\.algorithm)
         }
-        var found = sustained ? sustainedTrials(plan, operands, stream: stream, algorithms: candidates)
-            : trials(plan, operands, stream: stream, algorithms: candidates)
+        var found = trials(plan, operands, stream: stream, algorithms: candidates)
         guard !found.isEmpty else { throw CUDAError(call: "autotune(\(plan.key))", status: -1, text: "no candidate ran") }
-        // The close finishers again, each measurement from an idle GPU (short trials: the clocks sag under their
-        // load, and the order of candidates within a few percent is noise).
-        if !sustained && found.count > 1 && found[1].milliseconds < found[0].milliseconds * 1.05 {
+        // The close finishers again, each measurement from an idle GPU: under sustained load the clocks sag and
+        // the order of candidates within a few percent is noise.
+        if found.count > 1 && found[1].milliseconds < found[0].milliseconds * 1.05 {
             let finalists = Array(found.prefix(3))
             var samples = [[Double]](repeating: [], count: finalists.count)
             for _ in 0..<3 {

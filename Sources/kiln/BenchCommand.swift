@@ -154,10 +154,6 @@ struct BenchCommand: ParsableCommand, BackendJob {
             // ... and with the text encoders, where they ran (loaded, warm) before it.
             ("pipeline_median_ms", prepared.warmTextEncodingSeconds.flatMap { text in
                 imageTimes.isEmpty ? nil : .number(BenchCommand.rounded((text + BenchCommand.median(imageTimes)) * 1000)) } ?? .null),
-            // cuDNN's FP8 attention plans (KILN_FP8_ATTENTION_CONFIG picks among the configs).
-            ("fp8_attention_plans", .array(((backend as? CUDABackend)?.cudnn()?.fp8AttentionPlans ?? []).map {
-                .object([("shape", .string($0.shape)), ("configs", .number(Double($0.configs))), ("engine", .string($0.engine))])
-            })),
             ("process_start_to_first_image_s", .number(BenchCommand.rounded(firstImage))),
             ("peak_host_memory_mb", .number(Double(usage.ru_maxrss / 1024))),
             ("peak_device_memory_gb", backend.memoryReservedBytes.map { .number(BenchCommand.rounded(Double($0) / 1e9)) } ?? .null),
