@@ -52,7 +52,8 @@ public protocol Backend: AnyObject {
     /// Waits until all queued work is done (a no-op for synchronous backends); for timing stages.
     func synchronize() throws
     /// Runs `body`, timing on the device the work it queues: `milliseconds` waits for that work and returns its device
-    /// time (nil where the backend cannot measure one; the CPU backend's work is its wall time).
+    /// time, or nil where the backend measures none (the default: a synchronous backend's time is the caller's wall
+    /// clock).
     func deviceTimed<T>(_ body: () -> T) -> (result: T, milliseconds: () -> Double?)
     /// The most device memory the backend has held at once (weights, activations, caches), or nil for host memory.
     var memoryReservedBytes: Int? { get }

@@ -150,10 +150,12 @@ extension CUDABackend {
     /// Q and K are normed, rotated and written as FP8 with scales bound from the norm weights (no token needed), while
     /// V's absolute maximum is gathered per block; then V is quantized from the projections with the whole tensor's
     /// maximum (no BF16 copy of V). The descales sit 16 bytes apart (cuDNN's scalar tensors are declared 16-byte
-    /// aligned): Q at 0, K at 16, V at 48; each tensor's `scales` is a view of its descale (`perTensorScale`).
+    /// aligned): Q at 0, K at 16, V at 48 (32 is unused); each tensor's `scales` is a view of its descale
+    /// (`perTensorScale`). The kernels index rows and chunks in 32 bits.
     func attentionInputsFP8(_ streams: [QKVStream<CUDATensor>], eps: Float, heads: Int, total: Int) throws -> (q: CUDATensor, k: CUDATensor, v: CUDATensor) {
         let batch = streams[0].qkv.shape[0], width = heads * 128
         let count = batch * total * width
+        precondition(batch * total * max(heads, width / 8) < 1 << 32, "attentionInputsFP8: \(batch)x\(total) tokens overflow 32-bit indices")
         let slots = try pool.allocate(64)
         func fp8(slot: Int) throws -> CUDATensor {
             CUDATensor(storage: try pool.allocate(count), offset: 0, shape: [batch, total, width], type: .fp8,
@@ -252,10 +254,11 @@ extension CUDABackend {
     }
 
     /// adaLN with a warp per row (`layernorm_modulate_warp`), one or two inputs of one width in one launch, where they
-    /// fit it (`warpRowsFit`, and 16-byte aligned outputs); false where they do not.
+    /// fit it (`warpRowsFit`); false where they do not.
     func layerNormModulateByWarps(_ items: [(out: CUDATensor, input: ModulatedNormInput<CUDATensor>)], eps: Float) throws -> Bool {
         precondition(items.count == 1 || items.count == 2, "layerNormModulateByWarps: \(items.count) inputs")
-        guard warpRowsFit(items.map(\.input)), items.allSatisfy({ $0.out.pointer % 16 == 0 }) else { return false }
+        guard warpRowsFit(items.map(\.input)) else { return false }
+        precondition(items.allSatisfy { $0.out.pointer % 16 == 0 }, "layerNormModulateByWarps: outputs are fresh pool buffers (256-byte aligned)")
         let channels = items[0].input.x.shape.last!
         precondition(MemoryLayout<AdaLNRowsArgument>.size == 56, "AdaLNRowsArgument must match norm.cu's AdaLNRows")
         let arguments = items.map { item in

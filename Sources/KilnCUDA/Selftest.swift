@@ -237,22 +237,25 @@ public final class GPUSelftest {
         // The VAE decoder's channel counts with and without SiLU, its big shapes timed (from 65536 pixels); 384
         // channels (48 lanes a pixel, blocks of 240 threads) over enough pixels for the unrolled loop and a
         // remainder; 36 channels and an input 2 bytes off alignment for the kernels' scalar paths.
-        // Two inputs in one launch (a double block's image and text rows): BF16, and FP8 where linears are FP8.
-        let inputs = [[1, 300, 3072], [1, 77, 3072]].map { shape in
-            (x: rng.tensor(shape, offset: 0.2), shift: rng.tensor([1, 3072]), scale: rng.tensor([1, 3072], scale: 0.5))
-        }
-        let deviceInputs = inputs.map { ModulatedNormInput(up($0.x), shift: up($0.shift), scale: up($0.scale)) }
-        for feeds in [false, true] {
-            let fp8 = feeds && gpu.linearPrecision == .fp8
-            let outs = gpu.layerNormModulate(deviceInputs, eps: 1e-6, feedsQuantizableLinears: feeds)
-            for (index, input) in inputs.enumerated() {
-                record("layerNormModulate pair \(index)\(fp8 ? "→fp8" : "")", input.x.shape, precision: fp8 ? "fp8" : "bf16",
-                       note: fp8 ? "vs host-quantized reference" : "") {
-                    let ref = cpu.layerNormModulate(input.x, shift: input.shift, scale: input.scale, eps: 1e-6)
-                    guard fp8 else { return (down(outs[index]), ref) }
-                    guard outs[index].type == .fp8 else { throw KilnError.invalidArgument("expected FP8, got \(outs[index].type)") }
-                    let rounded = HostTensor(shape: ref.shape, data: ref.data.map { NumberFormats.bf16ToFloat(NumberFormats.floatToBF16($0)) })
-                    return (down(outs[index]), GPUSelftest.quantizeRowsOnHost(rounded))
+        // Two inputs in one op (a double block's image and text rows): one launch where they share a width (batch 2,
+        // 301 rows: a block holds rows of both inputs), one each where they do not; BF16, and FP8 where linears are FP8.
+        for (pair, shapes) in [("pair", [[2, 301, 3072], [2, 77, 3072]]), ("pair of widths", [[1, 33, 3072], [1, 17, 256]])] {
+            let inputs = shapes.map { shape in
+                (x: rng.tensor(shape, offset: 0.2), shift: rng.tensor([shape[0], shape[2]]), scale: rng.tensor([shape[0], shape[2]], scale: 0.5))
+            }
+            let deviceInputs = inputs.map { ModulatedNormInput(up($0.x), shift: up($0.shift), scale: up($0.scale)) }
+            for feeds in [false, true] {
+                let fp8 = feeds && gpu.linearPrecision == .fp8
+                let outs = gpu.layerNormModulate(deviceInputs, eps: 1e-6, feedsQuantizableLinears: feeds)
+                for (index, input) in inputs.enumerated() {
+                    record("layerNormModulate \(pair) \(index)\(fp8 ? "→fp8" : "")", input.x.shape, precision: fp8 ? "fp8" : "bf16",
+                           note: fp8 ? "vs host-quantized reference" : "") {
+                        let ref = cpu.layerNormModulate(input.x, shift: input.shift, scale: input.scale, eps: 1e-6)
+                        guard fp8 else { return (down(outs[index]), ref) }
+                        guard outs[index].type == .fp8 else { throw KilnError.invalidArgument("expected FP8, got \(outs[index].type)") }
+                        let rounded = HostTensor(shape: ref.shape, data: ref.data.map { NumberFormats.bf16ToFloat(NumberFormats.floatToBF16($0)) })
+                        return (down(outs[index]), GPUSelftest.quantizeRowsOnHost(rounded))
+                    }
                 }
             }
         }
@@ -362,15 +365,15 @@ public final class GPUSelftest {
             record("attentionInputs v (\(lengths.count) streams, D \(dim))", shape) { (down(g.v), r.v) }
         }
         // The FP8 form (one image, 128-wide heads, for cuDNN's FP8 attention): Q and K with scales bound from the norm
-        // weights, V with its maximum over both streams.
+        // weights, V with its maximum over both streams. 24 heads over 1536 tokens give the kernel's warps several row
+        // pairs each, a pair that spans both streams and a last pair with one row; one case has no rotary table.
         let saved = gpu.attentionPrecision
         defer { gpu.attentionPrecision = saved }
         gpu.attentionPrecision = .fp8
-        for lengths in [[64, 192], [256]] {
-            let heads = 3
+        for (lengths, heads, rotate) in [([64, 192], 3, true), ([256], 3, false), ([512, 1024], 24, true)] {
             let streams = lengths.map { length in
                 QKVStream(qkv: rng.tensor([1, length, 3 * heads * 128], scale: 2), queryNorm: rng.tensor([128], scale: 0.2, offset: 1),
-                          keyNorm: rng.tensor([128], scale: 0.2, offset: 1), rope: ropeTable(length: length, dim: 128))
+                          keyNorm: rng.tensor([128], scale: 0.2, offset: 1), rope: rotate ? ropeTable(length: length, dim: 128) : nil)
             }
             let r = cpu.attentionInputs(streams, eps: 1e-6, heads: heads)
             let g = gpu.attentionInputs(streams.map { s in
@@ -378,7 +381,8 @@ public final class GPUSelftest {
             }, eps: 1e-6, heads: heads)
             let shape = [1, lengths.reduce(0, +), heads * 128]
             for (name, got, want) in [("q", g.q, r.q), ("k", g.k, r.k), ("v", g.v, r.v)] {
-                record("attentionInputs \(name) (\(lengths.count) streams, D 128)", shape, precision: "fp8", tolerance: 5e-2) {
+                record("attentionInputs \(name) (\(lengths.count) streams, D 128\(rotate ? "" : ", no RoPE"))", shape, precision: "fp8",
+                       tolerance: 5e-2) {
                     guard got.type == .fp8 else { throw KilnError.unsupported("no FP8 attention inputs (cuDNN FP8 attention unavailable?)") }
                     return (down(got), want)
                 }

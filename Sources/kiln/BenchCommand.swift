@@ -102,17 +102,14 @@ struct BenchCommand: ParsableCommand, BackendJob {
             : !eagerSteps.isEmpty ? ("eager steps", eagerSteps) : ("the captured run (loop time / steps, capture included)", captured)
         let stepMedian = BenchCommand.median(stepSamples)
         // Likewise the decode (replays: what a serving process sees once warm), and the image: runs that replayed both
-        // graphs, else runs that replayed the loop, else runs without captures.
-        // The decode figure is the decoder's device time (CUDA events: latents in, image on the device out, as
-        // diffusers' `vae.decode` is timed), where measured; the wall figure adds the image's conversion to PNG rows
-        // and its download.
+        // graphs, else runs that replayed the loop, else runs without captures. The decode's wall time includes the
+        // image's conversion to PNG rows and its download; its device time (CUDA events: latents in, image on the
+        // device out, as diffusers' `vae.decode` is timed) is the decoder alone.
         let decodeRuns = decodeTimes.contains { $0.mode == .replayed } ? decodeTimes.filter { $0.mode == .replayed }
             : decodeTimes.filter { $0.mode != .captured }
+        let decodeSource = decodeTimes.contains { $0.mode == .replayed } ? "graph replays" : "runs that did not capture"
         let decodeWall = decodeRuns.map(\.seconds)
         let decodeDevice = decodeRuns.compactMap(\.deviceSeconds)
-        let decodeSource = (decodeDevice.count == decodeRuns.count && !decodeRuns.isEmpty ? "device time, " : "wall time, ")
-            + (decodeTimes.contains { $0.mode == .replayed } ? "graph replays" : "runs that did not capture")
-        let decodeSamples = decodeDevice.count == decodeRuns.count ? decodeDevice : decodeWall
         let fullyReplayed = runTimes.filter { $0.loop == .replayed && $0.decode == .replayed }.map(\.seconds)
         let loopReplayed = runTimes.filter { $0.loop == .replayed }.map(\.seconds)
         let imageTimes = !fullyReplayed.isEmpty ? fullyReplayed : !loopReplayed.isEmpty ? loopReplayed
@@ -144,8 +141,9 @@ struct BenchCommand: ParsableCommand, BackendJob {
             ("step_median_ms", .number(BenchCommand.rounded(stepMedian * 1000))),
             ("step_tflops", .number(BenchCommand.rounded(flops / stepMedian / 1e12))),
             ("vae_decode_source", .string(decodeSource)),
-            ("vae_decode_median_ms", decodeSamples.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(decodeSamples) * 1000))),
-            ("vae_decode_wall_median_ms", decodeWall.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(decodeWall) * 1000))),
+            ("vae_decode_median_ms", decodeWall.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(decodeWall) * 1000))),
+            ("vae_decode_device_median_ms", decodeDevice.isEmpty || decodeDevice.count < decodeRuns.count ? .null
+                : .number(BenchCommand.rounded(BenchCommand.median(decodeDevice) * 1000))),
             ("png_median_ms", .number(BenchCommand.rounded(BenchCommand.median(pngTimes) * 1000))),
             ("text_encoders_warm_ms", prepared.warmTextEncodingSeconds.map { .number(BenchCommand.rounded($0 * 1000)) } ?? .null),
             // Per image, the median of the runs chosen above (`imageTimes`): setup, loop, decode, PNG (embeddings

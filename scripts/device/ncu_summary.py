@@ -2,7 +2,8 @@
 """Per-kernel device time of one eager FLUX step and the VAE decode from an Nsight Compute CSV (gzip or plain) of
 `kiln bench --steps 1 --runs 0` run under `ncu --metrics gpu__time_duration.sum --csv`. Kernels run one at a time
 under ncu, at the clocks of an otherwise idle GPU: the sums are kernel times, not the captured graph's step time.
-The step spans from the image embedding GEMM (just before the first adaLN) to the VAE's first kernel (add_bf16)."""
+The step spans from the image embedding GEMM (just before the first adaLN) to the scheduler's update after it (the first
+add_bf16); the VAE decode is everything after."""
 
 import collections
 import csv
@@ -17,7 +18,7 @@ def main():
     names = [r["Kernel Name"] for r in rows]
     micros = [float(r["Metric Value"].replace(",", "")) / 1000 for r in rows]  # ncu reports ns
     start = names.index("layernorm_modulate_warp") - 1
-    end = next(i for i in range(start, len(rows)) if names[i].startswith("add_bf16"))
+    end = next(i for i in range(start, len(rows)) if names[i].startswith("add_bf16")) + 1
     for title, (a, b) in [("step", (start, end)), ("VAE decode", (end, len(rows)))]:
         totals = collections.defaultdict(lambda: [0, 0.0])
         for i in range(a, b):
