@@ -244,14 +244,18 @@ extension CUDABackend {
         }
     }
 
-    /// Whether inputs fit the warp adaLN kernel: C a multiple of 256 up to 256 x norm.cu's WARP_ROW_CHUNKS, 16-byte
-    /// aligned rows and vectors.
+    /// Whether inputs fit the warp adaLN kernel: C a multiple of 256 up to 256 x `warpRowChunks`, 16-byte aligned rows
+    /// and vectors.
     func warpRowsFit(_ inputs: [ModulatedNormInput<CUDATensor>]) -> Bool {
         inputs.allSatisfy { i in
             let channels = i.x.shape.last!
-            return channels % 256 == 0 && channels <= 256 * 12 && [i.x.pointer, i.shift.pointer, i.scale.pointer].allSatisfy { $0 % 16 == 0 }
+            return channels % 256 == 0 && channels <= 256 * CUDABackend.warpRowChunks
+                && [i.x.pointer, i.shift.pointer, i.scale.pointer].allSatisfy { $0 % 16 == 0 }
         }
     }
+
+    /// norm.cu's WARP_ROW_CHUNKS: 16-byte chunks a lane of the warp adaLN kernel holds.
+    static let warpRowChunks = 12
 
     /// adaLN with a warp per row (`layernorm_modulate_warp`), one or two inputs of one width in one launch, where they
     /// fit it (`warpRowsFit`); false where they do not.

@@ -105,9 +105,9 @@ struct BenchCommand: ParsableCommand, BackendJob {
         // graphs, else runs that replayed the loop, else runs without captures. The decode's wall time includes the
         // image's conversion to PNG rows and its download; its device time (CUDA events: latents in, image on the
         // device out, as diffusers' `vae.decode` is timed) is the decoder alone.
-        let decodeRuns = decodeTimes.contains { $0.mode == .replayed } ? decodeTimes.filter { $0.mode == .replayed }
-            : decodeTimes.filter { $0.mode != .captured }
-        let decodeSource = decodeTimes.contains { $0.mode == .replayed } ? "graph replays" : "runs that did not capture"
+        let decodesReplayed = decodeTimes.contains { $0.mode == .replayed }
+        let decodeRuns = decodeTimes.filter { decodesReplayed ? $0.mode == .replayed : $0.mode != .captured }
+        let decodeSource = decodesReplayed ? "graph replays" : "runs that did not capture"
         let decodeWall = decodeRuns.map(\.seconds)
         let decodeDevice = decodeRuns.compactMap(\.deviceSeconds)
         let fullyReplayed = runTimes.filter { $0.loop == .replayed && $0.decode == .replayed }.map(\.seconds)
