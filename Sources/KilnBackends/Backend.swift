@@ -25,7 +25,7 @@ public struct RotaryTable<Tensor> {
 /// `[out, in]` as in checkpoints; convolution weights are `[out, kh, kw, in]` (checkpoints' OIHW, permuted at load).
 /// Ops return new tensors; a backend may place them in a planned arena.
 ///
-/// The fused ops (`layerNormModulate`, `gatedResidual`, `qkNormRoPE`, `linear` with an activation, `groupNorm` with SiLU)
+/// The fused ops (`layerNormModulate`, `gatedResidual`, `qkNormRoPE`, `gatedGELU`, `linear` with an activation, `groupNorm` with SiLU)
 /// exist so a fast backend can implement each as one kernel; the extension below composes them from simple ops, which is
 /// what the CPU reference uses.
 public protocol Backend: AnyObject {
@@ -145,6 +145,8 @@ public protocol Backend: AnyObject {
     func layerNormModulate(_ inputs: [ModulatedNormInput<Tensor>], eps: Float, feedsQuantizableLinears: Bool) -> [Tensor]
     /// `x + gate * y`, `gate` `[B, C]` broadcast over the sequence.
     func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor
+    /// `gelu_tanh(a) * b` for `x = [a | b]`, the halves of its last dimension (T5's gated feed-forward).
+    func gatedGELU(_ x: Tensor) -> Tensor
     /// Per-head RMS norm of `q` and `k` (`[B, L, H·D]`, weights `[D]`), then rotary embedding; returns both as `[B, L, H·D]`.
     func qkNormRoPE(q: Tensor, k: Tensor, qWeight: Tensor, kWeight: Tensor, eps: Float, heads: Int,
                     rope table: RotaryTable<Tensor>?) -> (q: Tensor, k: Tensor)
@@ -255,6 +257,20 @@ extension Backend {
 
     public func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
         add(x, scaleChannels(y, by: gate))
+    }
+
+    public func gatedGELU(_ x: Tensor) -> Tensor {
+        let s = shape(x)
+        let (axis, half) = (s.count - 1, s.last! / 2)
+        return multiply(activation(slice(x, axis: axis, 0..<half), .geluTanh), slice(x, axis: axis, half..<(2 * half)))
+    }
+
+    /// `a * b` elementwise for equal shapes, composed from `scaleChannels` over rows of one token.
+    public func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
+        let s = shape(a)
+        let c = s.last!
+        let rows = s.reduce(1, *) / c
+        return reshape(scaleChannels(reshape(a, [rows, 1, c]), by: reshape(b, [rows, c])), s)
     }
 
     public func attentionInputs(_ streams: [QKVStream<Tensor>], eps: Float, heads: Int) -> (q: Tensor, k: Tensor, v: Tensor) {

@@ -251,7 +251,8 @@ extension CUDABackend {
         }
     }
 
-    /// Attention as per-head GEMMs around a row softmax (fp32 scores): any head size, key masks and score biases.
+    /// Attention as GEMMs batched over the heads around a row softmax (fp32 scores): any head size, key masks and score
+    /// biases. Four launches per batch element, whatever the head count (T5-XXL has 64 heads).
     func attentionByGEMM(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, keyMask: CUDATensor?,
                          bias: CUDATensor? = nil) throws -> CUDATensor {
         let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
@@ -259,37 +260,36 @@ extension CUDABackend {
         let d = width / heads
         lastAttentionPath = "gemm"
         let out = try empty(q.shape)
-        let scores = try pool.allocate(queries * keys * 4)
-        let probabilities = try pool.allocate(queries * keys * 2)
-        let vt = try pool.allocate(d * keys * 2)
-        // Per-head pointers sit h·d elements into a row: as aligned as the largest power of two dividing 2·d (and 2·width).
+        let scores = try pool.allocate(heads * queries * keys * 4)
+        let probabilities = try pool.allocate(heads * queries * keys * 2)
+        let vt = try pool.allocate(width * keys * 2)
+        // Heads start h·d elements into a row: as aligned as the largest power of two dividing 2·d (and 2·width).
         var alignment = 256
         while (2 * d) % alignment != 0 || (2 * width) % alignment != 0 { alignment /= 2 }
         var scoreKey = GemmKey(m: queries, n: keys, k: d, precision: .bf16)
         scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true; scoreKey.alignment = alignment
+        (scoreKey.batch, scoreKey.batchStrideX, scoreKey.batchStrideW, scoreKey.batchStrideOut) = (heads, d, d, queries * keys)
         var outKey = GemmKey(m: queries, n: d, k: keys, precision: .bf16)
         outKey.strideOut = width; outKey.alignment = alignment
+        (outKey.batch, outKey.batchStrideX, outKey.batchStrideW, outKey.batchStrideOut) = (heads, queries * keys, d * keys, d)
         for b in 0..<batch {
-            for h in 0..<heads {
-                let offset = CUdeviceptr((h * d) * 2)
-                let qh = q.pointer + CUdeviceptr(b * queries * width * 2) + offset
-                let kh = k.pointer + CUdeviceptr(b * keys * width * 2) + offset
-                let vh = v.pointer + CUdeviceptr(b * keys * width * 2) + offset
-                let oh = out.pointer + CUdeviceptr(b * queries * width * 2) + offset
-                let s = GemmOperands(x: qh, w: kh, out: scores.pointer)
-                try runGemm(scoreKey, s)
-                try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (queries, 1, 1), block: (256, 1, 1)) {
-                    $0.add(probabilities.pointer); $0.add(scores.pointer)
-                    $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
-                    $0.add(bias.map { $0.pointer + CUdeviceptr(($0.shape[0] == 1 ? 0 : h) * queries * keys * 2) } ?? 0); $0.add(scale)
-                    $0.add(UInt64(queries)); $0.add(Int32(keys))
-                }
-                try launchKernel("softmax", "transpose_bf16", grid: ((d + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {
-                    $0.add(vt.pointer); $0.add(vh); $0.add(UInt64(keys)); $0.add(Int32(d)); $0.add(UInt64(width))
-                }
-                let o = GemmOperands(x: probabilities.pointer, w: vt.pointer, out: oh)
-                try runGemm(outKey, o)
+            let qb = q.pointer + CUdeviceptr(b * queries * width * 2)
+            let kb = k.pointer + CUdeviceptr(b * keys * width * 2)
+            let vb = v.pointer + CUdeviceptr(b * keys * width * 2)
+            let ob = out.pointer + CUdeviceptr(b * queries * width * 2)
+            try runGemm(scoreKey, GemmOperands(x: qb, w: kb, out: scores.pointer))
+            // Rows of all heads in one launch; a bias shared by the heads repeats every `queries` rows.
+            try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (heads * queries, 1, 1), block: (256, 1, 1)) {
+                $0.add(probabilities.pointer); $0.add(scores.pointer)
+                $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
+                $0.add(nullable(bias)); $0.add(UInt64(bias.map { $0.shape[0] == 1 ? queries : heads * queries } ?? 1)); $0.add(scale)
+                $0.add(UInt64(heads * queries)); $0.add(Int32(keys))
             }
+            // Vᵀ of every head at once: row h·d + i holds channel i of head h over the keys.
+            try launchKernel("softmax", "transpose_bf16", grid: ((width + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {
+                $0.add(vt.pointer); $0.add(vb); $0.add(UInt64(keys)); $0.add(Int32(width)); $0.add(UInt64(width))
+            }
+            try runGemm(outKey, GemmOperands(x: probabilities.pointer, w: vt.pointer, out: ob))
         }
         withExtendedLifetime((scores, probabilities, vt)) {}
         return out

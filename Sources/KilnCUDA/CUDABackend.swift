@@ -25,6 +25,8 @@ public final class CUDABackend: Backend {
     public let compiler: KernelCompiler
     public let lt: CuBLASLt
     public let pool: DevicePool
+    /// Page-locked memory that host tensors go through on their way to the device.
+    let staging = HostStaging()
     public let tuner: GemmTuner
     /// Precision of quantizable linear layers: weights loaded as `.quantizableLinear` are quantized to FP8 (per output
     /// channel) when `.fp8`, and their inputs per row as they enter the GEMM.
@@ -163,9 +165,7 @@ public final class CUDABackend: Backend {
 
     public func upload(_ host: HostTensor) throws -> CUDATensor {
         let out = try empty(host.shape)
-        var bits = NumberFormats.floatsToBF16(host.data)
-        try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: out.pointer, bytes: $0.count, stream: stream) }
-        try stream.synchronize()
+        try staging.uploadBF16(host.data, to: out.pointer, stream: stream)
         return out
     }
 
@@ -429,4 +429,17 @@ public final class CUDABackend: Backend {
     public func scaleChannels(_ x: CUDATensor, by gate: CUDATensor) -> CUDATensor { gated(nil, gate: gate, x) }
 
     public func gatedResidual(_ x: CUDATensor, gate: CUDATensor, _ y: CUDATensor) -> CUDATensor { gated(x, gate: gate, y) }
+
+    public func gatedGELU(_ x: CUDATensor) -> CUDATensor {
+        attempt {
+            requireBF16(x, op: "gatedGELU")
+            precondition(x.shape.last! % 2 == 0, "gatedGELU: odd last dimension in \(x.shape)")
+            let half = x.shape.last! / 2
+            let out = try empty(Array(x.shape.dropLast()) + [half])
+            try launchKernel("elementwise", "gated_gelu_bf16", grid: chunkGrid(out.count), block: (256, 1, 1)) {
+                $0.add(out.pointer); $0.add(x.pointer); $0.add(UInt64(half)); $0.add(UInt64(out.count))
+            }
+            return out
+        }
+    }
 }

@@ -41,6 +41,9 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
     /// Bytes every operand pointer is aligned to (cuBLASLt assumes 256 unless told; per-head pointers into a wider
     /// row can be aligned to less, and an algorithm that assumes more computes garbage).
     public var alignment = 256
+    /// Independent products in one call (attention's heads), the operands `batchStride…` elements apart.
+    public var batch = 1
+    public var batchStrideX = 0, batchStrideW = 0, batchStrideOut = 0
 
     public init(m: Int, n: Int, k: Int, precision: GemmPrecision, epilogue: GemmEpilogue = .none) {
         (self.m, self.n, self.k, self.precision, self.epilogue) = (m, n, k, precision, epilogue)
@@ -57,10 +60,11 @@ public struct GemmKey: Hashable, Sendable, CustomStringConvertible {
         if outputF32 { text += " f32" }
         if accumulate { text += " +C" }
         if alignment < 256 { text += " align\(alignment)" }
+        if batch > 1 { text += " batch \(batch) at \(batchStrideX),\(batchStrideW),\(batchStrideOut)" }
         return text
     }
 
-    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) * Double(batch) }
 }
 
 /// A cuBLASLt algorithm choice, serializable (the 64-byte opaque descriptor is stable for one cuBLASLt version).
@@ -194,14 +198,22 @@ public final class GemmPlan: @unchecked Sendable {
             try set(Int(KC_CUBLASLT_MATMUL_DESC_B_SCALE_POINTER), UInt64(lt.workspace.pointer))
         }
         if key.epilogue.hasBias { try set(Int(KC_CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), Int32(KC_CUDA_R_16BF)) }
-        layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.ldW)
-        layoutB = try GemmPlan.layout(inputType, key.k, key.m, key.ldX)
-        layoutD = try GemmPlan.layout(key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF), key.n, key.m, key.ldOut)
+        layoutA = try GemmPlan.layout(inputType, key.k, key.n, key.ldW, batch: key.batch, stride: key.batchStrideW)
+        layoutB = try GemmPlan.layout(inputType, key.k, key.m, key.ldX, batch: key.batch, stride: key.batchStrideX)
+        layoutD = try GemmPlan.layout(key.outputF32 ? Int32(KC_CUDA_R_32F) : Int32(KC_CUDA_R_16BF), key.n, key.m, key.ldOut,
+                                      batch: key.batch, stride: key.batchStrideOut)
     }
 
-    static func layout(_ type: Int32, _ rows: Int, _ cols: Int, _ ld: Int) throws -> cublasLtMatrixLayout_t {
+    static func layout(_ type: Int32, _ rows: Int, _ cols: Int, _ ld: Int, batch: Int, stride: Int) throws -> cublasLtMatrixLayout_t {
         var l: cublasLtMatrixLayout_t?
         try checkLt(kc_lt.cublasLtMatrixLayoutCreate!(&l, type, UInt64(rows), UInt64(cols), Int64(ld)), "cublasLtMatrixLayoutCreate")
+        if batch > 1 {
+            var count = Int32(batch), offset = Int64(stride)
+            try checkLt(kc_lt.cublasLtMatrixLayoutSetAttribute!(l, Int32(KC_CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT), &count, 4),
+                        "cublasLtMatrixLayoutSetAttribute(batch count)")
+            try checkLt(kc_lt.cublasLtMatrixLayoutSetAttribute!(l, Int32(KC_CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET), &offset, 8),
+                        "cublasLtMatrixLayoutSetAttribute(batch offset)")
+        }
         return l!
     }
 

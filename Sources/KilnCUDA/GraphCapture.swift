@@ -50,9 +50,6 @@ extension CUDABackend {
             throw KilnError.invalidArgument("overwrite: \(host.shape) into a \(tensor.type) tensor of \(tensor.shape)")
         }
         tensor.storage.derived = tensor.storage.derived.filter { $0.value.captureSerial != 0 }  // eager ones: from the old values
-        var bits = NumberFormats.floatsToBF16(host.data)
-        try bits.withUnsafeMutableBytes { try DeviceCopy.upload($0.baseAddress!, to: tensor.pointer, bytes: $0.count, stream: stream) }
-        // The source is pageable host memory that dies here.
-        try stream.synchronize()
+        try staging.uploadBF16(host.data, to: tensor.pointer, stream: stream)
     }
 }

@@ -194,6 +194,17 @@ public final class GPUSelftest {
                 (down(gpu.gatedResidual(g, gate: gc, gy)), cpu.gatedResidual(h, gate: scale, y))
             }
         }
+        // Host tensors go up through page-locked staging in 4M-element chunks: three of them, the last one short.
+        let large = rng.tensor([3, 4000, 1024])
+        record("upload (staged)", large.shape) { (down(up(large)), large) }
+        // T5-XXL's gated feed-forward at 512 tokens, and a half width that is no multiple of 8 (the element path).
+        for shape in [[1, 512, 20480], [2, 37, 24]] {
+            let h = rng.tensor(shape, scale: 2)
+            let g = up(h)
+            record("gatedGELU", shape, time: shape[1] == 512 ? { _ = self.gpu.gatedGELU(g) } : nil) {
+                (down(gpu.gatedGELU(g)), cpu.gatedGELU(h))
+            }
+        }
         let p1 = rng.tensor([1, 512, 3072]), p2 = rng.tensor([1, 4096, 3072])
         record("concat axis 1", [1, 4608, 3072]) { (down(gpu.concat([up(p1), up(p2)], axis: 1)), cpu.concat([p1, p2], axis: 1)) }
         let q1 = rng.tensor([2, 10, 64]), q2 = rng.tensor([2, 10, 32])
@@ -477,15 +488,19 @@ public final class GPUSelftest {
             }
             rows[rows.count - 1].note = gpu.lastAttentionPath
         }
-        // Score biases: CLIP-L's causal mask (shared by all heads, -inf above the diagonal) and a T5-like per-head bias.
-        for c in [(b: 1, l: 77, heads: 12, d: 64, causal: true), (b: 2, l: 96, heads: 8, d: 64, causal: false)] {
+        // Score biases: CLIP-L's causal mask (shared by all heads, -inf above the diagonal), a T5-like per-head bias, and
+        // T5-XXL's 64 heads at 512 tokens.
+        for c in [(b: 1, l: 77, heads: 12, d: 64, causal: true), (b: 2, l: 96, heads: 8, d: 64, causal: false),
+                  (b: 1, l: 512, heads: 64, d: 64, causal: false)] {
             let q = rng.tensor([c.b, c.l, c.heads * c.d], scale: 2), k = rng.tensor([c.b, c.l, c.heads * c.d], scale: 2)
             let v = rng.tensor([c.b, c.l, c.heads * c.d])
             var bias = c.causal ? HostTensor(shape: [1, c.l, c.l]) : rng.tensor([c.heads, c.l, c.l], scale: 2)
             if c.causal { for i in 0..<c.l { for j in (i + 1)..<c.l { bias.data[i * c.l + j] = -.infinity } } }
             let scale = 1 / Float(c.d).squareRoot()
-            record("attention + bias\(c.causal ? " (causal)" : "")", [c.b, c.l, c.l, c.heads, c.d]) {
-                (down(gpu.attention(q: up(q), k: up(k), v: up(v), heads: c.heads, scale: scale, bias: up(bias))),
+            let (gq, gk, gv, gb) = (up(q), up(k), up(v), up(bias))
+            let time: (() -> Void)? = c.heads == 64 ? { _ = self.gpu.attention(q: gq, k: gk, v: gv, heads: c.heads, scale: scale, bias: gb) } : nil
+            record("attention + bias\(c.causal ? " (causal)" : "")", [c.b, c.l, c.l, c.heads, c.d], time: time) {
+                (down(gpu.attention(q: gq, k: gk, v: gv, heads: c.heads, scale: scale, bias: gb)),
                  cpu.attention(q: q, k: k, v: v, heads: c.heads, scale: scale, bias: bias))
             }
             rows[rows.count - 1].note = gpu.lastAttentionPath

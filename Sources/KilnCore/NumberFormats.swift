@@ -17,16 +17,6 @@ public enum NumberFormats {
         }
     }
 
-    /// Many fp32 values to bfloat16 bits at once (a plain loop; inputs of a replayed loop are rewritten every image).
-    public static func floatsToBF16(_ values: [Float]) -> [UInt16] {
-        [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
-            values.withUnsafeBufferPointer { source in
-                for i in source.indices { out[i] = floatToBF16(source[i]) }
-            }
-            count = values.count
-        }
-    }
-
     /// fp32 → bfloat16 bits, round to nearest even; NaN stays NaN.
     @inline(__always)
     public static func floatToBF16(_ value: Float) -> UInt16 {

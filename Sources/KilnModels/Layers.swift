@@ -10,12 +10,21 @@ public protocol WeightSource {
     func tensor(_ name: String, shape: [Int]) throws -> HostTensor
     /// Weight `name` on `backend` (by default: `tensor` handed to `backend.weight`).
     func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor
+    /// Weights `names` stacked along their first dimension as one tensor on `backend` (layers fused into one GEMM);
+    /// each must have its entry of `shapes`.
+    func load<B: Backend>(joining names: [String], shapes: [[Int]], role: WeightRole, backend: B) throws -> B.Tensor
 }
 
 extension WeightSource {
     /// Hands weight `name` to `backend` for use as `role`.
     public func load<B: Backend>(_ name: String, shape: [Int], role: WeightRole, backend: B) throws -> B.Tensor {
         backend.weight(try tensor(name, shape: shape), role: role)
+    }
+
+    public func load<B: Backend>(joining names: [String], shapes: [[Int]], role: WeightRole, backend: B) throws -> B.Tensor {
+        let parts = try zip(names, shapes).map { try tensor($0, shape: $1) }
+        return backend.weight(HostTensor(shape: [parts.reduce(0) { $0 + $1.shape[0] }] + shapes[0].dropFirst(), data: parts.flatMap(\.data)),
+                              role: role)
     }
 
     /// Checks a loaded tensor's shape.
@@ -114,6 +123,12 @@ public struct WeightLoader<B: Backend> {
         return Linear(weight: try source.load(scope.prefix + "weight", shape: [outputs, inputs],
                                                  role: quantizableLinears ? .quantizableLinear : .linear, backend: backend),
                       bias: bias ? try scope.vector("bias", count: outputs) : nil)
+    }
+
+    /// The linear layers `names` (each `[out, in]`, no bias) as one layer whose outputs are theirs side by side.
+    public func linear(joining names: [String], in inputs: Int, out outputs: Int) throws -> Linear<B> {
+        Linear(weight: try source.load(joining: names.map { prefix + $0 + ".weight" }, shapes: names.map { _ in [outputs, inputs] },
+                                       role: quantizableLinears ? .quantizableLinear : .linear, backend: backend), bias: nil)
     }
 
     /// A convolution `name.weight` stored OIHW in files, with bias, handed to the backend as `[O, kh, kw, I]`.

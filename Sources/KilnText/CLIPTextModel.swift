@@ -57,6 +57,16 @@ public struct CheckpointWeights: WeightSource {
         guard stored.shape == shape else { throw KilnError.wrongShape(name: prefix + name, expected: shape, found: stored.shape) }
         return backend.weight(rows: [stored], role: role)
     }
+
+    /// The stored tensors handed over together, so a device backend joins the file's bytes on the device.
+    public func load<B: Backend>(joining names: [String], shapes: [[Int]], role: WeightRole, backend: B) throws -> B.Tensor {
+        let parts = try zip(names, shapes).map { name, shape in
+            let stored = try checkpoint.stored(prefix + name)
+            guard stored.shape == shape else { throw KilnError.wrongShape(name: prefix + name, expected: shape, found: stored.shape) }
+            return stored
+        }
+        return backend.weight(rows: parts, role: role)
+    }
 }
 
 struct CLIPEncoderLayer<B: Backend> {

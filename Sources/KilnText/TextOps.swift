@@ -2,16 +2,8 @@ import KilnBackends
 import KilnCore
 
 /// Operations the text encoders need that the op interface does not have, composed from the ops it has:
-/// an elementwise product (T5's gated feed-forward) and quick-GELU (CLIP's MLP).
+/// quick-GELU (CLIP's MLP).
 extension Backend {
-    /// `a * b` elementwise for equal shapes, composed from `scaleChannels` over rows of one token.
-    public func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
-        let s = shape(a)
-        let c = s.last!
-        let rows = s.reduce(1, *) / c
-        return reshape(scaleChannels(reshape(a, [rows, 1, c]), by: reshape(b, [rows, c])), s)
-    }
-
     /// `x · sigmoid(1.702 x)` (CLIP's quick-GELU), as `silu(1.702 x) / 1.702`.
     public func quickGELU(_ x: Tensor) -> Tensor {
         affine(activation(affine(x, scale: 1.702, shift: 0), .silu), scale: 1 / 1.702, shift: 0)

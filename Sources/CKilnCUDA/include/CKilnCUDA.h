@@ -82,6 +82,8 @@ enum {
     KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
     KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
     KC_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8,
+    KC_CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5,
+    KC_CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6,
     KC_CUBLASLT_ALGO_CONFIG_ID = 0,
     KC_CUBLASLT_ALGO_CONFIG_TILE_ID = 1,
     KC_CUBLASLT_ALGO_CONFIG_SPLITK_NUM = 2,
@@ -159,6 +161,8 @@ enum {
     X(cublasStatus_t, cublasLtMatmulDescSetAttribute, (cublasLtMatmulDesc_t desc, int attribute, const void *value, size_t size), "cublasLtMatmulDescSetAttribute", NULL) \
     X(cublasStatus_t, cublasLtMatrixLayoutCreate, (cublasLtMatrixLayout_t *layout, int type, uint64_t rows, uint64_t cols, int64_t ld), "cublasLtMatrixLayoutCreate", NULL) \
     X(cublasStatus_t, cublasLtMatrixLayoutDestroy, (cublasLtMatrixLayout_t layout), "cublasLtMatrixLayoutDestroy", NULL) \
+    X(cublasStatus_t, cublasLtMatrixLayoutSetAttribute, (cublasLtMatrixLayout_t layout, int attribute, const void *value, size_t size), \
+        "cublasLtMatrixLayoutSetAttribute", NULL) \
     X(cublasStatus_t, cublasLtMatmulPreferenceCreate, (cublasLtMatmulPreference_t *pref), "cublasLtMatmulPreferenceCreate", NULL) \
     X(cublasStatus_t, cublasLtMatmulPreferenceDestroy, (cublasLtMatmulPreference_t pref), "cublasLtMatmulPreferenceDestroy", NULL) \
     X(cublasStatus_t, cublasLtMatmulPreferenceSetAttribute, (cublasLtMatmulPreference_t pref, int attribute, const void *value, size_t size), "cublasLtMatmulPreferenceSetAttribute", NULL) \

@@ -38,6 +38,30 @@ extern "C" __global__ void activation_bf16(bf16 *out, const bf16 *x, int kind, u
     }
 }
 
+/// out[r, c] = gelu_tanh(x[r, c]) * x[r, half + c] for x [rows, 2·half] (T5's gated feed-forward after its joined
+/// wi_0 | wi_1 GEMM); n = rows·half.
+extern "C" __global__ void gated_gelu_bf16(bf16 *out, const bf16 *x, u64 half, u64 n) {
+    const bool vec = aligned16(out) && aligned16(x) && half % 8 == 0;
+    FOR_CHUNKS(i, n) {
+        if (vec) {
+            unsigned c;
+            const u64 r = divmod(i, (unsigned)half, c);
+            const bf16 *a = x + r * 2 * half + c;
+            float g[8], u[8];
+            load8(a, 0, 8, true, g);
+            load8(a + half, 0, 8, true, u);
+#pragma unroll
+            for (int k = 0; k < 8; k++) g[k] = gelu_tanh_f(g[k]) * u[k];
+            store8(out, i, n, true, g);
+        } else {
+            for (u64 j = i; j < i + 8 && j < n; j++) {
+                const bf16 *a = x + (j / half) * 2 * half + j % half;
+                out[j] = f2bf(gelu_tanh_f(bf2f(a[0])) * bf2f(a[half]));
+            }
+        }
+    }
+}
+
 // The per-channel-vector ops below index their vectors with vector_index (kiln_common.cuh).
 
 /// out = x + bias[c].

@@ -1,20 +1,21 @@
 // Pieces of attention computed with GEMMs (any head size, key masks): row softmax of fp32 scores, and the
-// transpose of one head of V so that P·V is a GEMM of the X·Wᵀ form.
+// transpose of V so that P·V is a GEMM of the X·Wᵀ form.
 #include "kiln_common.cuh"
 
 #define SOFTMAX_THREADS 256
 #define SOFTMAX_HELD 16  // float4s each thread keeps: rows of up to 256 x 16 x 4 = 16384 columns stay in registers
 
-/// p[r, :] = softmax(scale * s[r, :] + bias[r, :]) over `cols` keys, BF16 out; mask [cols] (0 = ignore that key) or
-/// null; bias [rows, cols] (-inf masks) or null. One block of 256 threads per row. Rows of at most 16384 columns
+/// p[r, :] = softmax(scale * s[r, :] + bias[r % bias_rows, :]) over `cols` keys, BF16 out; mask [cols] (0 = ignore that
+/// key) or null; bias [bias_rows, cols] (-inf masks; repeated over heads that share it) or null. One block of 256 threads per row. Rows of at most 16384 columns
 /// (a multiple of 4) are read once into registers and written once; longer rows are read three times.
 extern "C" __global__ void __launch_bounds__(SOFTMAX_THREADS) softmax_rows_f32_bf16(bf16 *p, const float *s, const bf16 *mask,
-                                                                                    const bf16 *bias, float scale, u64 rows, int cols) {
+                                                                                    const bf16 *bias, u64 bias_rows, float scale,
+                                                                                    u64 rows, int cols) {
     __shared__ float scratch[32];
     const u64 r = blockIdx.x;
     if (r >= rows) return;
     const float *sr = s + r * cols;
-    const bf16 *br = bias ? bias + r * cols : nullptr;
+    const bf16 *br = bias ? bias + (r % bias_rows) * cols : nullptr;
     bf16 *pr = p + r * cols;
     auto score = [&](int c, float v) {
         if (mask && bf2f(mask[c]) == 0.f) return -KILN_INF;
