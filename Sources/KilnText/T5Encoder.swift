@@ -101,7 +101,9 @@ public struct T5Encoder<B: Backend> {
     public init(folder: String, backend: B) throws {
         let config = try T5Config(path: try TokenizerFiles.require(folder, "config.json"))
         let checkpoint = try Checkpoint(path: folder)
-        try self.init(config: config, loader: WeightLoader(backend: backend, source: CheckpointWeights(checkpoint)),
+        // Its linear layers take the backend's precision for quantizable ones (FP8 on Hopper by default); CLIP is too
+        // small for FP8 to pay.
+        try self.init(config: config, loader: WeightLoader(backend: backend, source: CheckpointWeights(checkpoint)).quantizingLinears(),
                       embeddingName: checkpoint.contains("encoder.embed_tokens.weight") ? "encoder.embed_tokens.weight" : "shared.weight")
     }
 

@@ -28,6 +28,9 @@ struct EncodeCommand: ParsableCommand, BackendJob {
     @Option(help: "cpu or cuda.")
     var device: String = "cpu"
 
+    @Option(help: "T5's linear layers on cuda: bf16; fp8 (e4m3, weights per output channel, activations per row); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16. CLIP-L stays in bf16.")
+    var precision: String = "auto"
+
     @Option(help: "Where to write the embeddings (safetensors).")
     var out: String
 
@@ -37,7 +40,7 @@ struct EncodeCommand: ParsableCommand, BackendJob {
     }
 
     func run() throws {
-        try reportingErrors { try runOnDevice(device, self) }
+        try reportingErrors { try runOnDevice(device, precision: precision, self) }
     }
 
     func execute<B: Backend>(on backend: B) throws {

@@ -55,7 +55,7 @@ struct GenerationArguments: ParsableArguments {
     @Option(help: "cpu or cuda.")
     var device: String = "cpu"
 
-    @Option(help: "The transformer's linear layers and joint attention on cuda: bf16; fp8 (e4m3; weights per output channel, activations per row, attention per tensor); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16.")
+    @Option(help: "The transformer's and T5's linear layers and joint attention on cuda: bf16; fp8 (e4m3; weights per output channel, activations per row, attention per tensor); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16.")
     var precision: String = "auto"
 
     @Option(help: "safetensors with `latents` float32 [B, 16, H/8, W/8]: the initial noise, unpacked.")

@@ -5,7 +5,8 @@
 # the repository root on the GPU machine (one call may hold only some stages: each call has 10 minutes); "text" checks
 # CLIP-L and T5-XXL at their real configs and the whole pipeline's memory with them (text_parity.py); "conformance" is
 # the selftest without micro-benchmarks or PyTorch (a quick check of a new binary); "quality" makes
-# the FP8 quality report (quality.py: images of FP32, BF16, torchao FP8, Kiln BF16 and FP8 on one model and noise):
+# the FP8 quality report (quality.py: images of FP32, BF16, torchao FP8, Kiln BF16 and FP8 on one model and noise);
+# "power" measures sustained rates and power at the power limit (power_probe.py):
 #   KILN_STAGES="selftest flux parity text" bash scripts/device/run.sh
 # It expects the statically linked release binary at .device/kiln (built on the development machine with
 #   swift build -c release --static-swift-stdlib -Xlinker -s --scratch-path .build-release
@@ -61,6 +62,10 @@ fi
 if stage parity; then
   PYTHONUNBUFFERED=1 KILN_CUDA_LIBS=$WHEEL_LIBS python3 scripts/device/flux_parity.py --kiln "$BIN" --json "$OUT/parity.json" 2>&1 | tee "$OUT/parity.txt"
   rm -rf /tmp/parity
+fi
+# Sustained rates and power at the GPU's power limit against rates from idle (power_probe.py).
+if stage power; then
+  PYTHONUNBUFFERED=1 python3 scripts/device/power_probe.py --json "$OUT/power.json" 2>&1 | tee "$OUT/power.txt"
 fi
 if stage text; then
   PYTHONUNBUFFERED=1 python3 scripts/device/text_parity.py --kiln "$BIN" --json "$OUT/text.json" 2>&1 | tee "$OUT/text.txt"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """CLIP-L and T5-XXL at their real configs (FLUX.1's text_encoder / text_encoder_2) with random weights, against
-transformers on the GPU machine: FP32 is the reference, transformers BF16 and Kiln (CUDA, BF16) are compared to it on
+transformers on the GPU machine: FP32 is the reference, transformers BF16 and Kiln (CUDA; T5 in BF16 and in FP8) are compared to it on
 the prompt embeddings FluxPipeline would use (`kiln encode --device cuda`). Kiln reads the saved folders with the committed tiny tokenizers
 (fixtures/text: CLIP's real 49408-token BPE; a small T5 unigram model whose ids all lie inside T5's 32128).
 Then `kiln bench` runs the whole dev and schnell pipelines at 1024x1024 with these encoders (times, peak device memory).
@@ -95,17 +95,20 @@ def main():
     del clip, t5
     torch.cuda.empty_cache()
 
-    embeds = os.path.join(folder, "kiln-embeds.safetensors")
-    subprocess.run([args.kiln, "encode", "--device", "cuda", "--text-encoders", folder, "--prompt", PROMPT, "--out", embeds], check=True)
-    kiln = load_file(embeds)
-    fp32 = outputs[torch.float32]
-    result = {
-        "clip_pooled": {"transformers_bf16": rel(outputs[torch.bfloat16][0], fp32[0]), "kiln_bf16": rel(kiln["pooled_prompt_embeds"], fp32[0])},
-        "t5": {"transformers_bf16": rel(outputs[torch.bfloat16][1], fp32[1]), "kiln_bf16": rel(kiln["prompt_embeds"], fp32[1])},
-        "clip_last_hidden": {"transformers_bf16": rel(outputs[torch.bfloat16][2], fp32[2]), "kiln_bf16": rel(kiln["clip_last_hidden"], fp32[2])},
-    }
-    result["kiln_vs_transformers_bf16"] = {"clip_pooled": rel(kiln["pooled_prompt_embeds"], outputs[torch.bfloat16][0]),
-                                           "t5": rel(kiln["prompt_embeds"], outputs[torch.bfloat16][1])}
+    fp32, bf16 = outputs[torch.float32], outputs[torch.bfloat16]
+    result = {"clip_pooled": {"transformers_bf16": rel(bf16[0], fp32[0])}, "t5": {"transformers_bf16": rel(bf16[1], fp32[1])},
+              "clip_last_hidden": {"transformers_bf16": rel(bf16[2], fp32[2])}, "kiln_vs_transformers_bf16": {}}
+    # Kiln with T5's linear layers in BF16 and in FP8 (the default on Hopper); CLIP runs in BF16 both times.
+    for precision in ("bf16", "fp8"):
+        embeds = os.path.join(folder, f"kiln-embeds-{precision}.safetensors")
+        subprocess.run([args.kiln, "encode", "--device", "cuda", "--precision", precision, "--text-encoders", folder, "--prompt", PROMPT,
+                        "--out", embeds], check=True)
+        kiln = load_file(embeds)
+        result["clip_pooled"][f"kiln_{precision}"] = rel(kiln["pooled_prompt_embeds"], fp32[0])
+        result["t5"][f"kiln_{precision}"] = rel(kiln["prompt_embeds"], fp32[1])
+        result["clip_last_hidden"][f"kiln_{precision}"] = rel(kiln["clip_last_hidden"], fp32[2])
+        result["kiln_vs_transformers_bf16"][precision] = {"clip_pooled": rel(kiln["pooled_prompt_embeds"], bf16[0]),
+                                                          "t5": rel(kiln["prompt_embeds"], bf16[1])}
     print(json.dumps(result, indent=1), flush=True)
 
     # The whole pipelines with these encoders (prompt encoded on every image): dev 28 steps (and its peak device
@@ -116,6 +119,14 @@ def main():
                         "--no-prompt-cache", "--width", "1024", "--height", "1024", "--steps", str(steps), "--runs", "5", "--json", bench],
                        check=True)
         result[key] = json.load(open(bench))
+    # The warm text-encoder time with T5 in BF16 (a short run: one step at 256x256).
+    bench = os.path.join(folder, "bench-dev-bf16.json")
+    subprocess.run([args.kiln, "bench", "--device", "cuda", "--precision", "bf16", "--random-weights", "dev", "--text-encoders", folder,
+                    "--prompt", PROMPT, "--no-prompt-cache", "--width", "256", "--height", "256", "--steps", "1", "--runs", "0",
+                    "--json", bench], check=True)
+    result["text_encoders_warm_ms_t5_bf16"] = json.load(open(bench))["text_encoders_warm_ms"]
+    print(json.dumps({k: result[k]["text_encoders_warm_ms"] for k in ("pipeline_with_text_encoders", "schnell_pipeline_with_text_encoders")}
+                     | {"dev, T5 in bf16": result["text_encoders_warm_ms_t5_bf16"]}), flush=True)
     json.dump(result, open(args.json, "w"), indent=1)
 
 
