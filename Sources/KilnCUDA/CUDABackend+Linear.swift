@@ -278,12 +278,16 @@ extension CUDABackend {
             let vb = v.pointer + CUdeviceptr(b * keys * width * 2)
             let ob = out.pointer + CUdeviceptr(b * queries * width * 2)
             try runGemm(scoreKey, GemmOperands(x: qb, w: kb, out: scores.pointer))
-            // Rows of all heads in one launch; a bias shared by the heads repeats every `queries` rows.
-            try launchKernel("softmax", "softmax_rows_f32_bf16", grid: (heads * queries, 1, 1), block: (256, 1, 1)) {
+            // Rows of all heads in one launch (a warp per row where rows are short); a bias shared by the heads repeats
+            // every `queries` rows.
+            let rows = heads * queries
+            let warpRows = keys % 4 == 0 && keys <= 1024
+            try launchKernel("softmax", warpRows ? "softmax_rows_warp_f32_bf16" : "softmax_rows_f32_bf16",
+                             grid: (warpRows ? (rows + 7) / 8 : rows, 1, 1), block: (256, 1, 1)) {
                 $0.add(probabilities.pointer); $0.add(scores.pointer)
                 $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
                 $0.add(nullable(bias)); $0.add(UInt64(bias.map { $0.shape[0] == 1 ? queries : heads * queries } ?? 1)); $0.add(scale)
-                $0.add(UInt64(heads * queries)); $0.add(Int32(keys))
+                $0.add(UInt64(rows)); $0.add(Int32(keys))
             }
             // Vᵀ of every head at once: row h·d + i holds channel i of head h over the keys.
             try launchKernel("softmax", "transpose_bf16", grid: ((width + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {

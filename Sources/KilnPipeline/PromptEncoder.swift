@@ -37,11 +37,12 @@ public final class PromptEncoder<B: Backend> {
         modelKey = stableDigest([PromptEncoder.realPath(folder), identity])
     }
 
-    /// The embeddings of `prompt` repeated for `batch` images; T5 runs over `maxLength` tokens.
+    /// The embeddings of `prompt` repeated for `batch` images; T5 runs over `maxLength` tokens. `cached` false skips
+    /// both the disk cache and the encoders' own memory of recent prompts.
     public func embeddings(for prompt: String, maxLength: Int, batch: Int, cached useCache: Bool = true) throws -> PromptEmbeddings {
         guard !prompt.isEmpty else { throw KilnError.invalidArgument("the prompt is empty") }
         guard (1...4096).contains(maxLength) else { throw KilnError.invalidArgument("max sequence length must be in 1...4096, got \(maxLength)") }
-        let one = try (useCache ? cached(prompt, maxLength) : nil) ?? encode(prompt, maxLength)
+        let one = try (useCache ? cached(prompt, maxLength) : nil) ?? encode(prompt, maxLength, cached: useCache)
         return PromptEmbeddings(sequence: one.sequence.repeated(batch), pooled: one.pooled.repeated(batch))
     }
 
@@ -57,9 +58,9 @@ public final class PromptEncoder<B: Backend> {
         return PromptEmbeddings(sequence: sequence, pooled: pooled)
     }
 
-    func encode(_ prompt: String, _ maxLength: Int) throws -> PromptEmbeddings {
+    func encode(_ prompt: String, _ maxLength: Int, cached: Bool) throws -> PromptEmbeddings {
         if encoders == nil { encoders = try TextEncoders.load(modelFolder: folder, backend: backend) }
-        let result = try encoders!.encodeToHost(prompt: prompt, maxLength: maxLength)
+        let result = try encoders!.encodeToHost(prompt: prompt, maxLength: maxLength, cached: cached)
         let embeddings = PromptEmbeddings(sequence: result.promptEmbeds, pooled: result.pooled)
         if let path = entryPath(prompt, maxLength) {
             // A cache that cannot be written only costs time: the result is still returned.

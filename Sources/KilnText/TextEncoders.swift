@@ -69,10 +69,11 @@ public final class TextEncoders<B: Backend> {
         return (backend.tensor(host.promptEmbeds), backend.tensor(host.pooled))
     }
 
-    /// `encode` with the results on the host (for saving, or caching across runs).
-    public func encodeToHost(prompt: String, maxLength: Int) throws -> (promptEmbeds: HostTensor, pooled: HostTensor) {
+    /// `encode` with the results on the host (for saving, or caching across runs); `cached` false runs both encoders
+    /// even for a prompt seen before (timing them).
+    public func encodeToHost(prompt: String, maxLength: Int, cached: Bool = true) throws -> (promptEmbeds: HostTensor, pooled: HostTensor) {
         let key = "\(maxLength)\u{0}\(prompt)"
-        if let hit = cache[key] { return hit }
+        if cached, let hit = cache[key] { return hit }
         let pooled = try clip(ids: clipIds(prompt), backend).pooled
         let sequence = try t5(ids: t5Ids(prompt, maxLength: maxLength), backend)
         let result = (promptEmbeds: backend.host(sequence), pooled: backend.host(pooled))
