@@ -43,8 +43,10 @@ extension CUDABackend {
         let precision: GemmPrecision = weight.type == .fp8 ? .fp8 : .bf16
         var key = GemmKey(m: m, n: n, k: k, precision: precision, epilogue: epilogue)
         key.accumulate = residual != nil
-        if precision == .fp8 && bf16Fallbacks.contains(key) {
-            return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+        switch precision == .fp8 ? fp8Fallbacks[key] : nil {
+        case .separateResidual?: return try add(residual!, gemm(x, weight: weight, bias: bias, epilogue: epilogue))
+        case .bf16?: return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+        case nil: break
         }
         let out = try empty(Array(x.shape.dropLast()) + [n])
         var input = x
@@ -64,10 +66,12 @@ extension CUDABackend {
             do {
                 _ = try plan(key, operands: operands)
             } catch let error as CUDAError where error.status == 15 {  // CUBLAS_STATUS_NOT_SUPPORTED
-                // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out).
-                fputs("kiln: note: no cuBLASLt FP8 kernel for \(key); it runs in BF16\n", stderr)
-                bf16Fallbacks.insert(key)
-                return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
+                // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out with the
+                // residual as C): first without C (that shape may fall back on its own), else in BF16.
+                let fallback: FP8Fallback = residual != nil ? .separateResidual : .bf16
+                fputs("kiln: note: no cuBLASLt FP8 kernel for \(key); it runs \(fallback == .bf16 ? "in BF16" : "without C, then an add")\n", stderr)
+                fp8Fallbacks[key] = fallback
+                return try gemm(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
             }
         }
         try runGemm(key, operands)

@@ -53,8 +53,14 @@ public final class CUDABackend: Backend {
     var plans: [GemmKey: GemmPlan] = [:]
     /// Seconds spent compiling or loading kernels, per family.
     public private(set) var kernelLoadSeconds: [String: Double] = [:]
-    /// FP8 GEMM shapes that run in BF16 (no cuBLASLt FP8 kernel).
-    var bf16Fallbacks: Set<GemmKey> = []
+    /// FP8 GEMM shapes cuBLASLt has no kernel for, and what runs instead.
+    var fp8Fallbacks: [GemmKey: FP8Fallback] = [:]
+    enum FP8Fallback {
+        /// The GEMM without its residual as C, then an add.
+        case separateResidual
+        /// The GEMM in BF16 (weights dequantized per call).
+        case bf16
+    }
     /// Per-op device times of eager work (`KILN_PROFILE=1`).
     public let profile: OpProfile? = FileIO.environment("KILN_PROFILE") == "1" ? OpProfile() : nil
 

@@ -454,6 +454,22 @@ public final class GPUSelftest {
                 }
             } catch { say("  FAIL fp8 \(shape.name): \(error)") }
         }
+        // FLUX.1-schnell's 256 text tokens into MLP-out, gated, residual as C: a shape cuBLASLt has no FP8 kernel for
+        // with C (the note says what ran instead).
+        do {
+            let (m, n, k) = (256, 3072, 12288)
+            let x = rng.tensor([1, m, k]), w = rng.tensor([n, k], scale: 1 / Float(k).squareRoot()), b = rng.tensor([n], scale: 0.3)
+            let gate = rng.tensor([1, n], scale: 0.5), residual = rng.tensor([1, m, n])
+            let qw = try gpu.quantizeRows(up(w)), qx = try gpu.quantizeRows(up(x))
+            let (gb, gg, gr) = (up(b), up(gate), up(residual))
+            record("linear schnell text MLP-out gated + residual", [m, n, k], precision: "fp8", tolerance: 3e-2) {
+                let y = down(gpu.linear(qx, weight: qw, bias: gb, gate: gg, residual: gr))
+                return (y, cpu.gatedResidual(residual, gate: gate, cpu.linear(down(qx), weight: down(qw), bias: b)))
+            }
+            var key = GemmKey(m: m, n: n, k: k, precision: .fp8, epilogue: .bias)
+            key.accumulate = true
+            rows[rows.count - 1].note = gpu.fp8Fallbacks[key].map { "fallback: \($0)" } ?? "one FP8 GEMM"
+        } catch { say("  FAIL fp8 schnell text MLP-out: \(error)") }
     }
 
     func attention() {
