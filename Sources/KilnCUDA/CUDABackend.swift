@@ -29,8 +29,9 @@ public final class CUDABackend: Backend {
     let staging = HostStaging()
     public let tuner: GemmTuner
     /// Precision of quantizable linear layers: weights loaded as `.quantizableLinear` are quantized to FP8 (per output
-    /// channel) when `.fp8`, and their inputs per row as they enter the GEMM.
-    public let linearPrecision: GemmPrecision
+    /// channel) when `.fp8`, and their inputs per row as they enter the GEMM. Fixed once weights are loaded; the
+    /// selftest switches it to check FP8 outputs of the norms that feed such layers.
+    public internal(set) var linearPrecision: GemmPrecision
     /// Precision of joint attention (`attentionInputs` then `attention`): FP8 e4m3 through cuDNN where it has an FP8
     /// engine for the shape, with FP8 linears by default (`KILN_ATTENTION_PRECISION=bf16` keeps it in BF16).
     public var attentionPrecision: GemmPrecision

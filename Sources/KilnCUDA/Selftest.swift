@@ -249,15 +249,18 @@ public final class GPUSelftest {
         // channels (48 lanes a pixel, blocks of 240 threads) over enough pixels for the unrolled loop and a
         // remainder; 36 channels and an input 2 bytes off alignment for the kernels' scalar paths.
         // Two inputs in one op (a double block's image and text rows): one launch where they share a width (batch 2,
-        // 301 rows: a block holds rows of both inputs), one each where they do not; BF16, and FP8 where linears are FP8.
+        // 301 rows: a block holds rows of both inputs), one each where they do not; BF16, and FP8 as under FP8 linears.
         for (pair, shapes) in [("pair", [[2, 301, 3072], [2, 77, 3072]]), ("pair of widths", [[1, 33, 3072], [1, 17, 256]])] {
             let inputs = shapes.map { shape in
                 (x: rng.tensor(shape, offset: 0.2), shift: rng.tensor([shape[0], shape[2]]), scale: rng.tensor([shape[0], shape[2]], scale: 0.5))
             }
             let deviceInputs = inputs.map { ModulatedNormInput(up($0.x), shift: up($0.shift), scale: up($0.scale)) }
-            for feeds in [false, true] {
-                let fp8 = feeds && gpu.linearPrecision == .fp8
+            let precision = gpu.linearPrecision
+            for (feeds, linears) in [(false, precision), (true, GemmPrecision.bf16), (true, .fp8)] {
+                let fp8 = feeds && linears == .fp8
+                gpu.linearPrecision = linears
                 let outs = gpu.layerNormModulate(deviceInputs, eps: 1e-6, feedsQuantizableLinears: feeds)
+                gpu.linearPrecision = precision
                 for (index, input) in inputs.enumerated() {
                     record("layerNormModulate \(pair) \(index)\(fp8 ? "→fp8" : "")", input.x.shape, precision: fp8 ? "fp8" : "bf16",
                            note: fp8 ? "vs host-quantized reference" : "") {
