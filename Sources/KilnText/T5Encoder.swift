@@ -78,9 +78,21 @@ struct T5Block<B: Backend> {
     }
 }
 
-/// Position-bias tensors already made, by sequence length (and faults), kept on the backend across prompts.
-final class PositionBiasCache<Tensor> {
-    var tensors: [[Int]: Tensor] = [:]
+/// What a T5 encoder keeps on its backend between prompts, by sequence length and faults: position-bias tensors, and
+/// the encoder stack captured as one graph (replayed with the new token embeddings), made on the second run of a length
+/// if the backend's memory pool still holds what the first, eager run used (as the pipeline does for its loop).
+final class T5DeviceState<B: Backend> {
+    struct Captured {
+        var input: B.Tensor
+        var output: B.Tensor
+        var graph: DeviceGraph
+    }
+    var biases: [[Int]: B.Tensor] = [:]
+    /// The memory generation at each length's eager run.
+    var eagerRuns: [[Int]: Int] = [:]
+    var captured: [[Int]: Captured] = [:]
+    /// Lengths captured, oldest first; at most two are kept (dev's 512 and schnell's 256 tokens).
+    var order: [[Int]] = []
 }
 
 /// T5's encoder stack (transformers' `T5EncoderModel`, v1.1 flavour as in FLUX): embeddings, pre-RMS-norm blocks with
@@ -93,7 +105,7 @@ public struct T5Encoder<B: Backend> {
     let relativeBias: HostTensor
     let blocks: [T5Block<B>]
     let finalNorm: B.Tensor
-    let biasCache = PositionBiasCache<B.Tensor>()
+    let state = T5DeviceState<B>()
     /// Deliberate wiring bugs for mutation tests; empty in normal use.
     public var faults: TextFaults = []
 
@@ -140,10 +152,32 @@ public struct T5Encoder<B: Backend> {
         if let bad = ids.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
             throw KilnError.invalidArgument("token id \(bad) is outside T5's vocabulary of \(config.vocabSize)")
         }
-        var x = backend.tensor(Embedding.gather(embedding, ids))
-        let biasKey = [ids.count, faults.rawValue]
-        let bias = biasCache.tensors[biasKey] ?? backend.tensor(positionBias(length: ids.count))
-        biasCache.tensors[biasKey] = bias
+        let key = [ids.count, faults.rawValue]
+        let bias = state.biases[key] ?? backend.tensor(positionBias(length: ids.count))
+        state.biases[key] = bias
+        let embedded = Embedding.gather(embedding, ids)
+        if let captured = state.captured[key], (try? backend.overwrite(captured.input, with: embedded)) != nil,
+           (try? captured.graph.replay()) != nil {
+            return captured.output
+        }
+        let input = backend.tensor(embedded)
+        if state.eagerRuns[key] == backend.memoryGeneration {
+            var output: B.Tensor?
+            if let graph = try? backend.capture({ output = self.stack(input, bias: bias, backend) }), (try? graph.replay()) != nil, let output {
+                state.captured[key] = T5DeviceState.Captured(input: input, output: output, graph: graph)
+                state.order.append(key)
+                while state.order.count > 2 { state.captured[state.order.removeFirst()] = nil }
+                return output
+            }
+        }
+        let output = stack(input, bias: bias, backend)
+        state.eagerRuns[key] = backend.memoryGeneration
+        return output
+    }
+
+    /// The blocks and the final norm over embedded tokens `[1, L, d_model]` (device work only, so it can be captured).
+    func stack(_ input: B.Tensor, bias: B.Tensor, _ backend: B) -> B.Tensor {
+        var x = input
         let eps = config.layerNormEps
         let inner = config.heads * config.dKV
         for block in blocks {

@@ -1,4 +1,7 @@
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
 import KilnBackends
 import KilnCore
 import KilnText
@@ -31,12 +34,16 @@ struct EncodeCommand: ParsableCommand, BackendJob {
     @Option(help: "T5's linear layers on cuda: bf16; fp8 (e4m3, weights per output channel, activations per row); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16. CLIP-L stays in bf16.")
     var precision: String = "auto"
 
+    @Option(help: "Encode this many times and print each run's time: the first runs encode the prompt's words in reverse order (a sequence length's second run is captured as a graph on cuda, later runs replay it with new tokens), the last one the prompt itself, which is written.")
+    var runs = 1
+
     @Option(help: "Where to write the embeddings (safetensors).")
     var out: String
 
     func validate() throws {
         guard (prompt == nil) != (promptFile == nil) else { throw ValidationError("give exactly one of --prompt and --prompt-file") }
         guard (1...4096).contains(maxSequenceLength) else { throw ValidationError("--max-sequence-length must be in 1...4096") }
+        guard (1...100).contains(runs) else { throw ValidationError("--runs must be in 1...100") }
     }
 
     func run() throws {
@@ -48,8 +55,17 @@ struct EncodeCommand: ParsableCommand, BackendJob {
         let text = try prompt ?? PromptFile.read(promptFile!)
         guard !text.isEmpty else { throw KilnError.invalidArgument("the prompt is empty") }
         let encoders = try TextEncoders.load(modelFolder: textEncoders, backend: backend)
-        let sequence = try encoders.t5(ids: encoders.t5Ids(text, maxLength: maxSequenceLength), backend)
-        let clip = try encoders.clip(ids: encoders.clipIds(text), backend)
+        let warmup = text.split(separator: " ").reversed().joined(separator: " ")
+        var sequence: B.Tensor?, clip: (lastHidden: B.Tensor, pooled: B.Tensor)?
+        for run in 0..<runs {
+            let start = MonotonicClock.now()
+            let prompt = run == runs - 1 ? text : warmup
+            sequence = try encoders.t5(ids: encoders.t5Ids(prompt, maxLength: maxSequenceLength), backend)
+            clip = try encoders.clip(ids: encoders.clipIds(prompt), backend)
+            try backend.synchronize()
+            if runs > 1 { fputs("kiln: encode run \(run + 1) of \(runs): \(BenchCommand.rounded((MonotonicClock.now() - start) * 1000)) ms\n", stderr) }
+        }
+        guard let sequence, let clip else { return }
         try SafeTensorsWriter.write([.init("prompt_embeds", backend.host(sequence)), .init("pooled_prompt_embeds", backend.host(clip.pooled)),
                                      .init("clip_last_hidden", backend.host(clip.lastHidden))],
                                     metadata: ["prompt": text, "max_length": String(maxSequenceLength)], to: out)
