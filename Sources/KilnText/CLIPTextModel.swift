@@ -96,6 +96,7 @@ public struct CLIPTextModel<B: Backend> {
     let positionEmbedding: HostTensor
     let layers: [CLIPEncoderLayer<B>]
     let finalNorm: NormWeights<B>
+    let graphs = EncoderGraphs<B>()
     /// Deliberate wiring bugs for mutation tests; empty in normal use.
     public var faults: TextFaults = []
 
@@ -141,16 +142,25 @@ public struct CLIPTextModel<B: Backend> {
         let h = config.hidden
         var embedded = Embedding.gather(tokenEmbedding, ids)
         for i in 0..<(length * h) { embedded.data[i] += positionEmbedding.data[i] }
-        var x = backend.tensor(embedded)
-
-        var causal = HostTensor(shape: [1, length, length])
-        if !faults.contains(.noCausalMask) {
-            for i in 0..<length { for j in 0..<length where j > i { causal.data[i * length + j] = -.infinity } }
+        let key = [length, faults.rawValue]
+        let bias = graphs.constant(key, backend) {
+            var causal = HostTensor(shape: [1, length, length])
+            if !faults.contains(.noCausalMask) {
+                for i in 0..<length { for j in 0..<length where j > i { causal.data[i * length + j] = -.infinity } }
+            }
+            return causal
         }
-        let headDim = h / config.heads
-        let scale = 1 / Float(headDim).squareRoot()
-        let bias = backend.tensor(causal)
+        let last = graphs.run(key, input: embedded, backend) { self.stack($0, bias: bias, backend) }
+        let position = faults.contains(.pooledAtLastToken) ? length - 1 : pooledPosition(ids)
+        let pooled = backend.reshape(backend.slice(last, axis: 1, position..<(position + 1)), [1, h])
+        return (last, pooled)
+    }
 
+    /// The layers and the final norm over embedded tokens `[1, L, hidden]` (device work only, so it can be captured).
+    func stack(_ input: B.Tensor, bias: B.Tensor, _ backend: B) -> B.Tensor {
+        let headDim = config.hidden / config.heads
+        let scale = 1 / Float(headDim).squareRoot()
+        var x = input
         for layer in layers {
             let normed = backend.layerNorm(x, weight: layer.norm1.weight, bias: layer.norm1.bias, eps: config.layerNormEps)
             let attended = backend.attention(q: layer.q(normed, backend), k: layer.k(normed, backend),
@@ -159,10 +169,6 @@ public struct CLIPTextModel<B: Backend> {
             let normed2 = backend.layerNorm(x, weight: layer.norm2.weight, bias: layer.norm2.bias, eps: config.layerNormEps)
             x = backend.add(x, layer.fc2(backend.quickGELU(layer.fc1(normed2, backend)), backend))
         }
-        let last = faults.contains(.noFinalNorm)
-            ? x : backend.layerNorm(x, weight: finalNorm.weight, bias: finalNorm.bias, eps: config.layerNormEps)
-        let position = faults.contains(.pooledAtLastToken) ? length - 1 : pooledPosition(ids)
-        let pooled = backend.reshape(backend.slice(last, axis: 1, position..<(position + 1)), [1, h])
-        return (last, pooled)
+        return faults.contains(.noFinalNorm) ? x : backend.layerNorm(x, weight: finalNorm.weight, bias: finalNorm.bias, eps: config.layerNormEps)
     }
 }

@@ -78,23 +78,6 @@ struct T5Block<B: Backend> {
     }
 }
 
-/// What a T5 encoder keeps on its backend between prompts, by sequence length and faults: position-bias tensors, and
-/// the encoder stack captured as one graph (replayed with the new token embeddings), made on the second run of a length
-/// if the backend's memory pool still holds what the first, eager run used (as the pipeline does for its loop).
-final class T5DeviceState<B: Backend> {
-    struct Captured {
-        var input: B.Tensor
-        var output: B.Tensor
-        var graph: DeviceGraph
-    }
-    var biases: [[Int]: B.Tensor] = [:]
-    /// The memory generation at each length's eager run.
-    var eagerRuns: [[Int]: Int] = [:]
-    var captured: [[Int]: Captured] = [:]
-    /// Lengths captured, oldest first; at most two are kept (dev's 512 and schnell's 256 tokens).
-    var order: [[Int]] = []
-}
-
 /// T5's encoder stack (transformers' `T5EncoderModel`, v1.1 flavour as in FLUX): embeddings, pre-RMS-norm blocks with
 /// unscaled self-attention plus a relative-position bias (computed by block 0's table, shared by all blocks), a
 /// gated-GELU feed-forward, and a final RMS norm. Like FluxPipeline, it attends to every position (no padding mask).
@@ -105,7 +88,7 @@ public struct T5Encoder<B: Backend> {
     let relativeBias: HostTensor
     let blocks: [T5Block<B>]
     let finalNorm: B.Tensor
-    let state = T5DeviceState<B>()
+    let graphs = EncoderGraphs<B>()
     /// Deliberate wiring bugs for mutation tests; empty in normal use.
     public var faults: TextFaults = []
 
@@ -153,26 +136,8 @@ public struct T5Encoder<B: Backend> {
             throw KilnError.invalidArgument("token id \(bad) is outside T5's vocabulary of \(config.vocabSize)")
         }
         let key = [ids.count, faults.rawValue]
-        let bias = state.biases[key] ?? backend.tensor(positionBias(length: ids.count))
-        state.biases[key] = bias
-        let embedded = Embedding.gather(embedding, ids)
-        if let captured = state.captured[key], (try? backend.overwrite(captured.input, with: embedded)) != nil,
-           (try? captured.graph.replay()) != nil {
-            return captured.output
-        }
-        let input = backend.tensor(embedded)
-        if state.eagerRuns[key] == backend.memoryGeneration {
-            var output: B.Tensor?
-            if let graph = try? backend.capture({ output = self.stack(input, bias: bias, backend) }), (try? graph.replay()) != nil, let output {
-                state.captured[key] = T5DeviceState.Captured(input: input, output: output, graph: graph)
-                state.order.append(key)
-                while state.order.count > 2 { state.captured[state.order.removeFirst()] = nil }
-                return output
-            }
-        }
-        let output = stack(input, bias: bias, backend)
-        state.eagerRuns[key] = backend.memoryGeneration
-        return output
+        let bias = graphs.constant(key, backend) { positionBias(length: ids.count) }
+        return graphs.run(key, input: Embedding.gather(embedding, ids), backend) { self.stack($0, bias: bias, backend) }
     }
 
     /// The blocks and the final norm over embedded tokens `[1, L, d_model]` (device work only, so it can be captured).

@@ -1,0 +1,51 @@
+import KilnBackends
+import KilnCore
+
+/// What a text encoder keeps on its backend between prompts, by shape key (sequence length and faults): constant
+/// tensors (position biases, masks), and its layer stack as a graph. A key's first run is eager; the second is captured
+/// as one graph if the backend's memory pool still holds what the eager run used (as the pipeline does for its loop and
+/// decoder); later runs replay it with the new embedded tokens. At most `limit` graphs are kept.
+final class EncoderGraphs<B: Backend> {
+    struct Captured {
+        var input: B.Tensor
+        var output: B.Tensor
+        var graph: DeviceGraph
+    }
+    private var constants: [[Int]: B.Tensor] = [:]
+    /// The memory generation at each key's eager run.
+    private var eagerRuns: [[Int]: Int] = [:]
+    private var captured: [[Int]: Captured] = [:]
+    private var order: [[Int]] = []
+    let limit: Int
+
+    init(limit: Int = 2) { self.limit = limit }
+
+    /// The constant tensor for `key`, made by `make` on first use.
+    func constant(_ key: [Int], _ backend: B, make: () -> HostTensor) -> B.Tensor {
+        if let known = constants[key] { return known }
+        let made = backend.tensor(make())
+        constants[key] = made
+        return made
+    }
+
+    /// `stack` applied to `input` on the device, by whichever of the three routes applies. A replay returns the graph's
+    /// own output tensor, which the next replay rewrites.
+    func run(_ key: [Int], input host: HostTensor, _ backend: B, _ stack: @escaping (B.Tensor) -> B.Tensor) -> B.Tensor {
+        if let known = captured[key], (try? backend.overwrite(known.input, with: host)) != nil, (try? known.graph.replay()) != nil {
+            return known.output
+        }
+        let input = backend.tensor(host)
+        if eagerRuns[key] == backend.memoryGeneration {
+            var output: B.Tensor?
+            if let graph = try? backend.capture({ output = stack(input) }), (try? graph.replay()) != nil, let output {
+                captured[key] = Captured(input: input, output: output, graph: graph)
+                order.append(key)
+                while order.count > limit { captured[order.removeFirst()] = nil }
+                return output
+            }
+        }
+        let output = stack(input)
+        eagerRuns[key] = backend.memoryGeneration
+        return output
+    }
+}
