@@ -426,13 +426,17 @@ public final class GemmTuner: @unchecked Sendable {
             plan.source = "cache"
             return []
         }
-        var candidates = try plan.candidates(candidateCount)
+        var candidates = (try? plan.candidates(candidateCount)) ?? []
+        // The heuristic proposes nothing for a few FP8 shapes (FLUX.1-schnell's 256 text tokens into MLP-out): then
+        // every configuration cuBLASLt accepts for the problem is tried.
+        if candidates.isEmpty { candidates = try plan.enumerateAll(limit: 64) }
+        guard !candidates.isEmpty else { throw CUDAError(call: "autotune(\(plan.key))", status: 15, text: "no algorithm") }
         // Configurations outside the heuristic's list are checked against layouts only, not pointer alignment.
         if exhaustive && plan.key.alignment >= 256 {
             candidates = try screen(plan, operands, stream: stream, first: candidates).prefix(finalists).map(\.algorithm)
         }
         var found = trials(plan, operands, stream: stream, algorithms: candidates)
-        guard !found.isEmpty else { throw CUDAError(call: "autotune(\(plan.key))", status: -1, text: "no candidate ran") }
+        guard !found.isEmpty else { throw CUDAError(call: "autotune(\(plan.key))", status: 15, text: "no candidate ran") }
         // The close finishers again, each measurement from an idle GPU: under sustained load the clocks sag and
         // the order of candidates within a few percent is noise.
         if found.count > 1 && found[1].milliseconds < found[0].milliseconds * 1.05 {
