@@ -45,6 +45,7 @@ extension CUDABackend {
         key.accumulate = residual != nil
         switch precision == .fp8 ? fp8Fallbacks[key] : nil {
         case .separateResidual?: return try add(residual!, gemm(x, weight: weight, bias: bias, epilogue: epilogue))
+        case .paddedRows(let rows)?: return try gemmOnPaddedRows(x, weight: weight, bias: bias, epilogue: epilogue, rows: rows)
         case .bf16?: return try gemmInBF16(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
         case nil: break
         }
@@ -66,16 +67,35 @@ extension CUDABackend {
             do {
                 _ = try plan(key, operands: operands)
             } catch let error as CUDAError where error.status == 15 {  // CUBLAS_STATUS_NOT_SUPPORTED
-                // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out with the
-                // residual as C): first without C (that shape may fall back on its own), else in BF16.
-                let fallback: FP8Fallback = residual != nil ? .separateResidual : .bf16
-                fputs("kiln: note: no cuBLASLt FP8 kernel for \(key); it runs \(fallback == .bf16 ? "in BF16" : "without C, then an add")\n", stderr)
+                // cuBLASLt has no FP8 kernel for a few shapes (FLUX.1-schnell's 256 text tokens into MLP-out): first
+                // without C, then with the rows padded to 512 (each shape may fall back on its own), else in BF16.
+                let fallback: FP8Fallback = residual != nil ? .separateResidual : m < 512 ? .paddedRows(512) : .bf16
+                let how = switch fallback {
+                case .separateResidual: "without C, then an add"
+                case .paddedRows(let rows): "on its rows padded to \(rows)"
+                case .bf16: "in BF16"
+                }
+                fputs("kiln: note: no cuBLASLt FP8 kernel for \(key); it runs \(how)\n", stderr)
                 fp8Fallbacks[key] = fallback
                 return try gemm(x, weight: weight, bias: bias, epilogue: epilogue, accumulate: residual)
             }
         }
         try runGemm(key, operands)
         return out
+    }
+
+    /// An FP8 GEMM on `x`'s rows copied into a `[rows, K]` matrix whose other rows are zero; the result is a view of the
+    /// first rows of the padded output.
+    func gemmOnPaddedRows(_ x: CUDATensor, weight: CUDATensor, bias: CUDATensor?, epilogue: GemmEpilogue, rows: Int) throws -> CUDATensor {
+        let k = x.shape.last!, m = x.count / k
+        let input = x.type == .fp8 ? x : try quantizeRows(x)
+        let padded = try empty([rows, k], .fp8)
+        try DeviceCopy.copy(input.pointer, to: padded.pointer, bytes: m * k, stream: currentStream)
+        try DeviceCopy.fill8(padded.pointer + CUdeviceptr(m * k), value: 0, count: (rows - m) * k, stream: currentStream)
+        try DeviceCopy.copy(input.scales!.pointer, to: padded.scales!.pointer, bytes: m * 4, stream: currentStream)
+        try DeviceCopy.fill8(padded.scales!.pointer + CUdeviceptr(m * 4), value: 0, count: (rows - m) * 4, stream: currentStream)
+        let out = try gemm(padded, weight: weight, bias: bias, epilogue: epilogue)
+        return CUDATensor(storage: out.storage, offset: out.offset, shape: Array(x.shape.dropLast()) + [weight.shape[0]], type: .bf16, scales: nil)
     }
 
     /// A GEMM with FP8 weights in BF16: the weight dequantized (each call: its scales may carry a gate), and the input

@@ -56,9 +56,11 @@ public final class CUDABackend: Backend {
     public private(set) var kernelLoadSeconds: [String: Double] = [:]
     /// FP8 GEMM shapes cuBLASLt has no kernel for, and what runs instead.
     var fp8Fallbacks: [GemmKey: FP8Fallback] = [:]
-    enum FP8Fallback {
+    enum FP8Fallback: Equatable {
         /// The GEMM without its residual as C, then an add.
         case separateResidual
+        /// The GEMM on the rows copied into a matrix of this many (the rest zero), keeping the first rows of the result.
+        case paddedRows(Int)
         /// The GEMM in BF16 (weights dequantized per call).
         case bf16
     }

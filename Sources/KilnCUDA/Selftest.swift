@@ -471,7 +471,9 @@ public final class GPUSelftest {
             }
             var key = GemmKey(m: m, n: n, k: k, precision: .fp8, epilogue: .bias)
             key.accumulate = true
-            rows[rows.count - 1].note = gpu.fp8Fallbacks[key].map { "fallback: \($0)" } ?? "one FP8 GEMM"
+            let withC = gpu.fp8Fallbacks[key]
+            key.accumulate = false
+            rows[rows.count - 1].note = withC.map { "fallbacks: \($0), then \(gpu.fp8Fallbacks[key].map { "\($0)" } ?? "FP8")" } ?? "one FP8 GEMM"
         } catch { say("  FAIL fp8 schnell text MLP-out: \(error)") }
     }
 

@@ -58,6 +58,8 @@ struct EncodeCommand: ParsableCommand, BackendJob {
         let warmup = text.split(separator: " ").reversed().joined(separator: " ")
         var sequence: B.Tensor?, clip: (lastHidden: B.Tensor, pooled: B.Tensor)?
         for run in 0..<runs {
+            // The last run's outputs go first: a capture can only reuse blocks the pool holds again.
+            (sequence, clip) = (nil, nil)
             let start = MonotonicClock.now()
             let prompt = run == runs - 1 ? text : warmup
             sequence = try encoders.t5(ids: encoders.t5Ids(prompt, maxLength: maxSequenceLength), backend)
