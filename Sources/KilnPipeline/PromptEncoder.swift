@@ -12,16 +12,20 @@ public final class PromptEncoder<B: Backend> {
     let folder: String
     let backend: B
     let cacheFolder: String?
+    /// Whether T5 runs with FP8 linear layers (part of the cache key: its embeddings differ from BF16's).
+    let fp8T5: Bool
     var encoders: TextEncoders<B>?
     /// Whether CLIP-L and T5 are loaded (the prompt cache can answer without them).
     public var encodersLoaded: Bool { encoders != nil }
     let modelKey: String
 
-    /// Encoders of the diffusers folder `folder` (loaded on the first cache miss); `cacheFolder` nil disables the disk cache.
-    public init(folder: String, backend: B, cacheFolder: String?) throws {
+    /// Encoders of the diffusers folder `folder` (loaded on the first cache miss); `cacheFolder` nil disables the disk
+    /// cache; `fp8T5` as in `TextEncoders.load`.
+    public init(folder: String, backend: B, cacheFolder: String?, fp8T5: Bool = false) throws {
         self.folder = folder
         self.backend = backend
         self.cacheFolder = cacheFolder
+        self.fp8T5 = fp8T5
         for part in ["tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"] where !FileIO.isDirectory(FileIO.join(folder, part)) {
             throw KilnError.unreadable(path: FileIO.join(folder, part), reason: "no such folder: the model has no text encoders (pass --prompt-embeds)")
         }
@@ -34,7 +38,7 @@ public final class PromptEncoder<B: Backend> {
                 identity += "\(part)/\(name):\(info.st_size):\(info.st_mtim.tv_sec);"
             }
         }
-        modelKey = stableDigest([PromptEncoder.realPath(folder), identity])
+        modelKey = stableDigest([PromptEncoder.realPath(folder), identity] + (fp8T5 ? ["t5 fp8"] : []))
     }
 
     /// The embeddings of `prompt` repeated for `batch` images; T5 runs over `maxLength` tokens. `cached` false skips
@@ -59,7 +63,7 @@ public final class PromptEncoder<B: Backend> {
     }
 
     func encode(_ prompt: String, _ maxLength: Int, cached: Bool) throws -> PromptEmbeddings {
-        if encoders == nil { encoders = try TextEncoders.load(modelFolder: folder, backend: backend) }
+        if encoders == nil { encoders = try TextEncoders.load(modelFolder: folder, backend: backend, fp8T5: fp8T5) }
         let result = try encoders!.encodeToHost(prompt: prompt, maxLength: maxLength, cached: cached)
         let embeddings = PromptEmbeddings(sequence: result.promptEmbeds, pooled: result.pooled)
         if let path = entryPath(prompt, maxLength) {

@@ -92,13 +92,13 @@ public struct T5Encoder<B: Backend> {
     /// Deliberate wiring bugs for mutation tests; empty in normal use.
     public var faults: TextFaults = []
 
-    /// Loads `config.json` and the safetensors (one file or an indexed set of shards) of a `text_encoder_2/` folder.
-    public init(folder: String, backend: B) throws {
+    /// Loads `config.json` and the safetensors (one file or an indexed set of shards) of a `text_encoder_2/` folder;
+    /// `quantizable`: its linear layers go to the backend as `.quantizableLinear` (FP8 where the backend's linears are).
+    public init(folder: String, backend: B, quantizable: Bool = false) throws {
         let config = try T5Config(path: try TokenizerFiles.require(folder, "config.json"))
         let checkpoint = try Checkpoint(path: folder)
-        // Its linear layers take the backend's precision for quantizable ones (FP8 on Hopper by default); CLIP is too
-        // small for FP8 to pay.
-        try self.init(config: config, loader: WeightLoader(backend: backend, source: CheckpointWeights(checkpoint)).quantizingLinears(),
+        let loader = WeightLoader(backend: backend, source: CheckpointWeights(checkpoint))
+        try self.init(config: config, loader: quantizable ? loader.quantizingLinears() : loader,
                       embeddingName: checkpoint.contains("encoder.embed_tokens.weight") ? "encoder.embed_tokens.weight" : "shared.weight")
     }
 

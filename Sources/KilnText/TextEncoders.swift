@@ -34,12 +34,13 @@ public final class TextEncoders<B: Backend> {
         clipLength = min(clipTokenizer.modelMaxLength ?? 77, clip.config.maxPositions)
     }
 
-    /// Loads both tokenizers and encoders from a diffusers FLUX folder.
-    public static func load(modelFolder: String, backend: B) throws -> TextEncoders<B> {
+    /// Loads both tokenizers and encoders from a diffusers FLUX folder; `fp8T5`: T5's linear layers in FP8 where the
+    /// backend's quantizable linears are (CLIP is too small for FP8 to pay).
+    public static func load(modelFolder: String, backend: B, fp8T5: Bool = false) throws -> TextEncoders<B> {
         let clipTokenizer = try CLIPTokenizer(folder: FileIO.join(modelFolder, "tokenizer"))
         let t5Tokenizer = try T5Tokenizer(folder: FileIO.join(modelFolder, "tokenizer_2"))
         let clip = try CLIPTextModel(folder: FileIO.join(modelFolder, "text_encoder"), backend: backend)
-        let t5 = try T5Encoder(folder: FileIO.join(modelFolder, "text_encoder_2"), backend: backend)
+        let t5 = try T5Encoder(folder: FileIO.join(modelFolder, "text_encoder_2"), backend: backend, quantizable: fp8T5)
         return TextEncoders(backend: backend, clipTokenizer: clipTokenizer, t5Tokenizer: t5Tokenizer, clip: clip, t5: t5)
     }
 

@@ -31,8 +31,8 @@ struct EncodeCommand: ParsableCommand, BackendJob {
     @Option(help: "cpu or cuda.")
     var device: String = "cpu"
 
-    @Option(help: "T5's linear layers on cuda: bf16; fp8 (e4m3, weights per output channel, activations per row); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16. CLIP-L stays in bf16.")
-    var precision: String = "auto"
+    @Option(help: "T5's linear layers on cuda: bf16, or fp8 (e4m3, weights per output channel, activations per row; sm_89+). CLIP-L stays in bf16.")
+    var t5Precision: String = "bf16"
 
     @Option(help: "Encode this many times and print each run's time: the first runs encode the prompt's words in reverse order (a sequence length's second run is captured as a graph on cuda, later runs replay it with new tokens), the last one the prompt itself, which is written.")
     var runs = 1
@@ -44,17 +44,18 @@ struct EncodeCommand: ParsableCommand, BackendJob {
         guard (prompt == nil) != (promptFile == nil) else { throw ValidationError("give exactly one of --prompt and --prompt-file") }
         guard (1...4096).contains(maxSequenceLength) else { throw ValidationError("--max-sequence-length must be in 1...4096") }
         guard (1...100).contains(runs) else { throw ValidationError("--runs must be in 1...100") }
+        guard ["bf16", "fp8"].contains(t5Precision) else { throw ValidationError("--t5-precision is bf16 or fp8") }
     }
 
     func run() throws {
-        try reportingErrors { try runOnDevice(device, precision: precision, self) }
+        try reportingErrors { try runOnDevice(device, precision: t5Precision, self) }
     }
 
     func execute<B: Backend>(on backend: B) throws {
         try FileIO.checkWritable(out)
         let text = try prompt ?? PromptFile.read(promptFile!)
         guard !text.isEmpty else { throw KilnError.invalidArgument("the prompt is empty") }
-        let encoders = try TextEncoders.load(modelFolder: textEncoders, backend: backend)
+        let encoders = try TextEncoders.load(modelFolder: textEncoders, backend: backend, fp8T5: t5Precision == "fp8")
         let warmup = text.split(separator: " ").reversed().joined(separator: " ")
         var sequence: B.Tensor?, clip: (lastHidden: B.Tensor, pooled: B.Tensor)?
         for run in 0..<runs {

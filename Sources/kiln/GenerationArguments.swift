@@ -55,8 +55,11 @@ struct GenerationArguments: ParsableArguments {
     @Option(help: "cpu or cuda.")
     var device: String = "cpu"
 
-    @Option(help: "The transformer's and T5's linear layers and joint attention on cuda: bf16; fp8 (e4m3; weights per output channel, activations per row, attention per tensor); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16.")
+    @Option(help: "The transformer's linear layers and joint attention on cuda: bf16; fp8 (e4m3; weights per output channel, activations per row, attention per tensor); auto: fp8 on GPUs with FP8 tensor cores (sm_89+), else bf16.")
     var precision: String = "auto"
+
+    @Option(help: "T5's linear layers: bf16, or fp8 (e4m3, per-row activations; needs FP8 linears, --precision auto or fp8): half of T5's 9.5 GB, a few ms less per prompt, a larger error (bench/results/session6-final).")
+    var t5Precision: String = "bf16"
 
     @Option(help: "safetensors with `latents` float32 [B, 16, H/8, W/8]: the initial noise, unpacked.")
     var latents: String?
@@ -71,6 +74,10 @@ struct GenerationArguments: ParsableArguments {
         }
         if prompt != nil && promptFile != nil {
             throw KilnError.invalidArgument("--prompt and --prompt-file exclude each other")
+        }
+        guard ["bf16", "fp8"].contains(t5Precision) else { throw KilnError.invalidArgument("unknown --t5-precision '\(t5Precision)' (use bf16 or fp8)") }
+        if t5Precision == "fp8" && (device == "cpu" || precision == "bf16") {
+            throw KilnError.invalidArgument("--t5-precision fp8 needs FP8 linears: --device cuda with --precision auto or fp8")
         }
         var options = GenerationOptions()
         let fallback = model == nil && randomWeights == nil ? 256 : 1024
@@ -126,7 +133,7 @@ struct GenerationArguments: ParsableArguments {
                 throw KilnError.invalidArgument("a BFL transformer file carries no text encoders: pass --text-encoders DIR (a diffusers FLUX folder) or --prompt-embeds")
             }
             let encoder = try PromptEncoder(folder: folder, backend: backend,
-                                            cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"))
+                                            cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"), fp8T5: t5Precision == "fp8")
             let maxLength = maxSequenceLength ?? (config.guidanceEmbed ? 512 : 256)
             embeddings = try encoder.embeddings(for: text, maxLength: maxLength, batch: batch)
             if timeWarmEncoding, encoder.encodersLoaded {

@@ -165,6 +165,8 @@ final class CLITests: XCTestCase {
         try assertRejected(["generate", "--device", "tpu"], mentioning: "unknown device 'tpu'")
         try assertRejected(["generate", "--precision", "int4"], mentioning: "unknown precision 'int4'")
         try assertRejected(["generate", "--precision", "fp8"], mentioning: "--precision fp8 needs --device cuda")
+        try assertRejected(["generate", "--t5-precision", "int8"], mentioning: "unknown --t5-precision 'int8'")
+        try assertRejected(["generate", "--t5-precision", "fp8"], mentioning: "--t5-precision fp8 needs FP8 linears")
         if !FileManager.default.fileExists(atPath: "/dev/nvidiactl") {
             try assertRejected(["generate", "--device", "cuda"], mentioning: "libcuda")
         }
