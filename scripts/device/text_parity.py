@@ -108,7 +108,7 @@ def main():
                               "--runs", "4", "--out", embeds], stderr=subprocess.PIPE, text=True)
         print(run.stderr, end="", flush=True)
         run.check_returncode()
-        result["kiln_encode_run_ms"][precision] = [float(line.split(": ")[1].split()[0]) for line in run.stderr.splitlines()
+        result["kiln_encode_run_ms"][precision] = [float(line.rsplit(": ", 1)[1].split()[0]) for line in run.stderr.splitlines()
                                                    if line.startswith("kiln: encode run")]
         kiln = load_file(embeds)
         result["clip_pooled"][f"kiln_{precision}"] = rel(kiln["pooled_prompt_embeds"], fp32[0])
