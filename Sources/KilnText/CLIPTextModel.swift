@@ -96,7 +96,7 @@ public struct CLIPTextModel<B: Backend> {
     let positionEmbedding: HostTensor
     let layers: [CLIPEncoderLayer<B>]
     let finalNorm: NormWeights<B>
-    let graphs = EncoderGraphs<B>()
+    let graphs = EncoderGraphs<B>(name: "CLIP")
     /// Deliberate wiring bugs for mutation tests; empty in normal use.
     public var faults: TextFaults = []
 

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import KilnBackends
 import KilnCore
 
@@ -16,9 +19,11 @@ final class EncoderGraphs<B: Backend> {
     private var eagerRuns: [[Int]: Int] = [:]
     private var captured: [[Int]: Captured] = [:]
     private var order: [[Int]] = []
+    /// The encoder, for messages.
+    let name: String
     let limit: Int
 
-    init(limit: Int = 2) { self.limit = limit }
+    init(name: String, limit: Int = 2) { (self.name, self.limit) = (name, limit) }
 
     /// The constant tensor for `key`, made by `make` on first use.
     func constant(_ key: [Int], _ backend: B, make: () -> HostTensor) -> B.Tensor {
@@ -37,11 +42,16 @@ final class EncoderGraphs<B: Backend> {
         let input = backend.tensor(host)
         if eagerRuns[key] == backend.memoryGeneration {
             var output: B.Tensor?
-            if let graph = try? backend.capture({ output = stack(input) }), (try? graph.replay()) != nil, let output {
-                captured[key] = Captured(input: input, output: output, graph: graph)
-                order.append(key)
-                while order.count > limit { captured[order.removeFirst()] = nil }
-                return output
+            do {
+                if let graph = try backend.capture({ output = stack(input) }), let output {
+                    try graph.replay()
+                    captured[key] = Captured(input: input, output: output, graph: graph)
+                    order.append(key)
+                    while order.count > limit { captured[order.removeFirst()] = nil }
+                    return output
+                }
+            } catch {
+                fputs("kiln: note: \(name) runs op by op: its graph capture failed (\(error))\n", stderr)
             }
         }
         let output = stack(input)

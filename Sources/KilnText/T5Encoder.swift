@@ -88,7 +88,7 @@ public struct T5Encoder<B: Backend> {
     let relativeBias: HostTensor
     let blocks: [T5Block<B>]
     let finalNorm: B.Tensor
-    let graphs = EncoderGraphs<B>()
+    let graphs = EncoderGraphs<B>(name: "T5")
     /// Deliberate wiring bugs for mutation tests; empty in normal use.
     public var faults: TextFaults = []
 

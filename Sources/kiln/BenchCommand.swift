@@ -146,6 +146,8 @@ struct BenchCommand: ParsableCommand, BackendJob {
                 : .number(BenchCommand.rounded(BenchCommand.median(decodeDevice) * 1000))),
             ("png_median_ms", .number(BenchCommand.rounded(BenchCommand.median(pngTimes) * 1000))),
             ("text_encoders_warm_ms", prepared.warmTextEncodingSeconds.map { .number(BenchCommand.rounded($0 * 1000)) } ?? .null),
+            // All three uncached encodings: CLIP's graph captured in the first, T5's in the second, both replayed in the last.
+            ("text_encoders_warm_runs_ms", .array(prepared.warmTextEncodingRuns.map { .number(BenchCommand.rounded($0 * 1000)) })),
             // Per image, the median of the runs chosen above (`imageTimes`): setup, loop, decode, PNG (embeddings
             // given) ...
             ("image_median_ms", imageTimes.isEmpty ? .null : .number(BenchCommand.rounded(BenchCommand.median(imageTimes) * 1000))),

@@ -120,7 +120,7 @@ struct GenerationArguments: ParsableArguments {
 
         let textStart = MonotonicClock.now()
         let embeddings: PromptEmbeddings
-        var warmSeconds: Double?, warmTotal = 0.0
+        var warmRuns: [Double] = [], warmTotal = 0.0
         if let promptEmbeds {
             embeddings = try GenerationArguments.loadPromptEmbeddings(promptEmbeds, batch: batch)
         } else if let random, textEncoders == nil {
@@ -143,7 +143,7 @@ struct GenerationArguments: ParsableArguments {
                 for _ in 0..<3 {
                     let start = MonotonicClock.now()
                     _ = try encoder.embeddings(for: text, maxLength: maxLength, batch: batch, cached: false)
-                    warmSeconds = MonotonicClock.now() - start
+                    warmRuns.append(MonotonicClock.now() - start)
                 }
                 warmTotal = MonotonicClock.now() - again
             }
@@ -166,7 +166,7 @@ struct GenerationArguments: ParsableArguments {
                 ?? "no --model given: running a small RANDOM-WEIGHT tiny model (its image is not meaningful)"
         }
         return PreparedGeneration(pipeline: pipeline, options: options, prompt: embeddings, noise: givenNoise ?? pipeline.initialNoise(options),
-                                  description: description, textEncodingSeconds: textSeconds, warmTextEncodingSeconds: warmSeconds)
+                                  description: description, textEncodingSeconds: textSeconds, warmTextEncodingRuns: warmRuns)
     }
 
     /// The prompt from --prompt or --prompt-file, if any.
@@ -204,6 +204,7 @@ struct PreparedGeneration<B: Backend> {
     var description: String
     /// Time spent in the text encoders (0 when embeddings were given or cached).
     var textEncodingSeconds: Double
-    /// An uncached encoding of the prompt with the encoders loaded and their graphs captured (when asked for).
-    var warmTextEncodingSeconds: Double?
+    /// Uncached encodings of the prompt with the encoders loaded (when asked for): the last one with their graphs captured.
+    var warmTextEncodingRuns: [Double]
+    var warmTextEncodingSeconds: Double? { warmTextEncodingRuns.last }
 }
