@@ -79,7 +79,11 @@ public struct HostTensor: Equatable, Sendable {
 extension HostTensor {
     /// `count` copies stacked along the leading dimension (a `[1, …]` prompt for a batch, pooled text for every step).
     public func repeated(_ count: Int) -> HostTensor {
-        HostTensor(shape: [shape[0] * count] + shape.dropFirst(), data: Array(repeatElement(data, count: count).joined()))
+        if count == 1 { return self }
+        var values: [Float] = []
+        values.reserveCapacity(data.count * count)
+        for _ in 0..<count { values.append(contentsOf: data) }
+        return HostTensor(shape: [shape[0] * count] + shape.dropFirst(), data: values)
     }
 
     /// The items of the leading (batch) dimension, each without it.
