@@ -14,11 +14,11 @@ extension Backend {
 enum Embedding {
     static func gather(_ table: HostTensor, _ ids: [Int]) -> HostTensor {
         let width = table.shape[1]
-        var out = [Float](repeating: 0, count: ids.count * width)
-        for (row, id) in ids.enumerated() {
+        var out: [Float] = []
+        out.reserveCapacity(ids.count * width)
+        for id in ids {
             precondition(id >= 0 && id < table.shape[0], "token id \(id) outside the embedding table of \(table.shape[0]) rows")
-            let source = id * width
-            for c in 0..<width { out[row * width + c] = table.data[source + c] }
+            out.append(contentsOf: table.data[(id * width)..<((id + 1) * width)])
         }
         return HostTensor(shape: [1, ids.count, width], data: out)
     }
