@@ -194,7 +194,7 @@ public enum WeightRole: Sendable {
     /// A linear layer's `[out, in]` matrix.
     case linear
     /// A linear layer's `[out, in]` matrix that the backend may store quantized: FP8 e4m3 with one scale per output
-    /// channel on CUDA under `--precision fp8` (the transformer's layers; text encoders and VAE stay BF16).
+    /// channel on CUDA under `--precision fp8` (the transformer's layers, and T5's with `--t5-precision fp8`; CLIP and the VAE stay BF16).
     case quantizableLinear
     /// A convolution kernel `[O, kh, kw, I]`.
     case convolution

@@ -11,8 +11,9 @@ extension CUDABackend {
     public func plan(_ key: GemmKey, operands: GemmOperands) throws -> GemmPlan {
         if let p = plans[key] { return p }
         let p = try GemmPlan(lt, key)
-        // Timing synchronizes, so it happens in eager work, which `concurrently` keeps on the main stream.
-        if autotune { try tuner.tune(p, operands, stream: stream) }
+        // Timing synchronizes, so it happens in eager work, which `concurrently` keeps on the main stream. Either way a
+        // shape without any algorithm fails here (status 15), where `gemm` can fall back.
+        if autotune { try tuner.tune(p, operands, stream: stream) } else { p.algorithm = try p.candidates(1).first }
         plans[key] = p
         return p
     }
@@ -264,8 +265,7 @@ extension CUDABackend {
         return out
     }
 
-    /// Attention for any head size and with key masks, as GEMMs per (batch, head): fp32 scores `Q_h K_hᵀ`, a row
-    /// softmax to BF16 probabilities, then `P V_h` (V_h transposed first). Memory: Lq·Lk·6 bytes per call.
+    /// Attention for any head size with a score bias, as GEMMs around a row softmax (`attentionByGEMM`).
     public func attention(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, bias: CUDATensor) -> CUDATensor {
         attempt {
             requireBF16(q, k, v, bias, op: "attention with bias")
@@ -275,8 +275,13 @@ extension CUDABackend {
         }
     }
 
-    /// Attention as GEMMs batched over the heads around a row softmax (fp32 scores): any head size, key masks and score
-    /// biases. Four launches per batch element, whatever the head count (T5-XXL has 64 heads).
+    /// Scratch bytes (fp32 scores and BF16 probabilities) attention by GEMM takes for one group of heads.
+    static let attentionScratchBytes = 256 << 20
+
+    /// Attention as GEMMs batched over groups of heads around a row softmax (fp32 scores): any head size, key masks and
+    /// score biases. Per group: `Q_h K_hᵀ` for its heads in one strided-batched GEMM, one softmax launch, `P_h V_h` in one
+    /// more (Vᵀ of every head made once per sequence). A group is as many heads as fit `attentionScratchBytes` (T5-XXL's 64
+    /// heads at 512 tokens: one group, 100 MB), at least one.
     func attentionByGEMM(q: CUDATensor, k: CUDATensor, v: CUDATensor, heads: Int, scale: Float, keyMask: CUDATensor?,
                          bias: CUDATensor? = nil) throws -> CUDATensor {
         let (batch, queries, width) = (q.shape[0], q.shape[1], q.shape[2])
@@ -284,40 +289,51 @@ extension CUDABackend {
         let d = width / heads
         lastAttentionPath = "gemm"
         let out = try empty(q.shape)
-        let scores = try pool.allocate(heads * queries * keys * 4)
-        let probabilities = try pool.allocate(heads * queries * keys * 2)
+        let group = max(1, min(heads, CUDABackend.attentionScratchBytes / (queries * keys * 6)))
+        let scores = try pool.allocate(group * queries * keys * 4)
+        let probabilities = try pool.allocate(group * queries * keys * 2)
         let vt = try pool.allocate(width * keys * 2)
         // Heads start h·d elements into a row: as aligned as the largest power of two dividing 2·d (and 2·width).
         var alignment = 256
         while (2 * d) % alignment != 0 || (2 * width) % alignment != 0 { alignment /= 2 }
-        var scoreKey = GemmKey(m: queries, n: keys, k: d, precision: .bf16)
-        scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true; scoreKey.alignment = alignment
-        (scoreKey.batch, scoreKey.batchStrideX, scoreKey.batchStrideW, scoreKey.batchStrideOut) = (heads, d, d, queries * keys)
-        var outKey = GemmKey(m: queries, n: d, k: keys, precision: .bf16)
-        outKey.strideOut = width; outKey.alignment = alignment
-        (outKey.batch, outKey.batchStrideX, outKey.batchStrideW, outKey.batchStrideOut) = (heads, queries * keys, d * keys, d)
+        func gemmKeys(_ count: Int) -> (scores: GemmKey, out: GemmKey) {
+            var scoreKey = GemmKey(m: queries, n: keys, k: d, precision: .bf16)
+            scoreKey.strideX = width; scoreKey.strideW = width; scoreKey.outputF32 = true; scoreKey.alignment = alignment
+            (scoreKey.batch, scoreKey.batchStrideX, scoreKey.batchStrideW, scoreKey.batchStrideOut) = (count, d, d, queries * keys)
+            var outKey = GemmKey(m: queries, n: d, k: keys, precision: .bf16)
+            outKey.strideOut = width; outKey.alignment = alignment
+            (outKey.batch, outKey.batchStrideX, outKey.batchStrideW, outKey.batchStrideOut) = (count, queries * keys, d * keys, d)
+            return (scoreKey, outKey)
+        }
+        let perHeadBias = bias.map { $0.shape[0] != 1 } ?? false
+        let warpRows = keys % 4 == 0 && keys <= 1024
         for b in 0..<batch {
-            let qb = q.pointer + CUdeviceptr(b * queries * width * 2)
-            let kb = k.pointer + CUdeviceptr(b * keys * width * 2)
             let vb = v.pointer + CUdeviceptr(b * keys * width * 2)
-            let ob = out.pointer + CUdeviceptr(b * queries * width * 2)
-            try runGemm(scoreKey, GemmOperands(x: qb, w: kb, out: scores.pointer))
-            // Rows of all heads in one launch (a warp per row where rows are short); a bias shared by the heads repeats
-            // every `queries` rows.
-            let rows = heads * queries
-            let warpRows = keys % 4 == 0 && keys <= 1024
-            try launchKernel("softmax", warpRows ? "softmax_rows_warp_f32_bf16" : "softmax_rows_f32_bf16",
-                             grid: (warpRows ? (rows + 7) / 8 : rows, 1, 1), block: (256, 1, 1)) {
-                $0.add(probabilities.pointer); $0.add(scores.pointer)
-                $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
-                $0.add(nullable(bias)); $0.add(UInt64(bias.map { $0.shape[0] == 1 ? queries : heads * queries } ?? 1)); $0.add(scale)
-                $0.add(UInt64(rows)); $0.add(Int32(keys))
-            }
             // Vᵀ of every head at once: row h·d + i holds channel i of head h over the keys.
             try launchKernel("softmax", "transpose_bf16", grid: ((width + 31) / 32, (keys + 31) / 32, 1), block: (32, 8, 1)) {
                 $0.add(vt.pointer); $0.add(vb); $0.add(UInt64(keys)); $0.add(Int32(width)); $0.add(UInt64(width))
             }
-            try runGemm(outKey, GemmOperands(x: probabilities.pointer, w: vt.pointer, out: ob))
+            for first in stride(from: 0, to: heads, by: group) {
+                let count = min(group, heads - first)
+                let (scoreKey, outKey) = gemmKeys(count)
+                let head = CUdeviceptr(first * d * 2)
+                let qb = q.pointer + CUdeviceptr(b * queries * width * 2) + head
+                let kb = k.pointer + CUdeviceptr(b * keys * width * 2) + head
+                let ob = out.pointer + CUdeviceptr(b * queries * width * 2) + head
+                try runGemm(scoreKey, GemmOperands(x: qb, w: kb, out: scores.pointer))
+                // The group's rows in one launch (a warp per row where rows are short); a bias shared by the heads repeats
+                // every `queries` rows.
+                let rows = count * queries
+                try launchKernel("softmax", warpRows ? "softmax_rows_warp_f32_bf16" : "softmax_rows_f32_bf16",
+                                 grid: (warpRows ? (rows + 7) / 8 : rows, 1, 1), block: (256, 1, 1)) {
+                    $0.add(probabilities.pointer); $0.add(scores.pointer)
+                    $0.add(keyMask.map { $0.pointer + CUdeviceptr(b * keys * 2) } ?? 0)
+                    $0.add(bias.map { $0.pointer + CUdeviceptr(perHeadBias ? first * queries * keys * 2 : 0) } ?? 0)
+                    $0.add(UInt64(perHeadBias ? rows : queries)); $0.add(scale)
+                    $0.add(UInt64(rows)); $0.add(Int32(keys))
+                }
+                try runGemm(outKey, GemmOperands(x: probabilities.pointer, w: vt.pointer + CUdeviceptr(first * d * keys * 2), out: ob))
+            }
         }
         withExtendedLifetime((scores, probabilities, vt)) {}
         return out

@@ -426,11 +426,15 @@ public final class GemmTuner: @unchecked Sendable {
             plan.source = "cache"
             return []
         }
-        var candidates = (try? plan.candidates(candidateCount)) ?? []
-        // The heuristic proposes nothing for a few FP8 shapes (FLUX.1-schnell's 256 text tokens into MLP-out): then
-        // every configuration cuBLASLt accepts for the problem is tried.
-        if candidates.isEmpty { candidates = try plan.enumerateAll(limit: 64) }
-        guard !candidates.isEmpty else { throw CUDAError(call: "autotune(\(plan.key))", status: 15, text: "no algorithm") }
+        var candidates: [GemmAlgorithm]
+        do {
+            candidates = try plan.candidates(candidateCount)
+        } catch let error as CUDAError where error.status == 15 && plan.key.alignment >= 256 {
+            // The heuristic proposes nothing for a few FP8 shapes (FLUX.1-schnell's 256 text tokens into MLP-out): then
+            // every configuration cuBLASLt accepts is tried (checked against layouts only, so only for aligned operands).
+            candidates = try plan.enumerateAll(limit: 64)
+            guard !candidates.isEmpty else { throw error }
+        }
         // Configurations outside the heuristic's list are checked against layouts only, not pointer alignment.
         if exhaustive && plan.key.alignment >= 256 {
             candidates = try screen(plan, operands, stream: stream, first: candidates).prefix(finalists).map(\.algorithm)

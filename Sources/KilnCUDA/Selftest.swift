@@ -488,6 +488,8 @@ public final class GPUSelftest {
         let other: [(b: Int, lq: Int, lk: Int, heads: Int, d: Int, mask: Bool, kernel: CUDABackend.AttentionKernel)] = [
             (2, 77, 77, 12, 64, true, .auto), (2, 77, 77, 12, 64, false, .auto), (1, 1024, 1024, 1, 512, false, .auto),
             (1, 300, 300, 2, 128, true, .gemm), (1, 4096, 4096, 1, 512, false, .auto), (1, 4096, 4096, 1, 512, false, .cudnn),
+            // 5 heads of 4096 x 4096 scores: GEMM attention in groups of 2, 2 and 1 heads (its 256 MB scratch).
+            (1, 4096, 4096, 5, 64, true, .gemm),
         ]
         for c in other {
             gpu.attentionKernel = c.kernel

@@ -7,7 +7,8 @@ import KilnCore
 /// What a text encoder keeps on its backend between prompts, by shape key (sequence length and faults): constant
 /// tensors (position biases, masks), and its layer stack as a graph. A key's first run is eager; the second is captured
 /// as one graph if the backend's memory pool still holds what the eager run used (as the pipeline does for its loop and
-/// decoder); later runs replay it with the new embedded tokens. At most `limit` graphs are kept.
+/// decoder); later runs replay it with the new embedded tokens. What is kept for the `limit` most recently used keys
+/// stays; older keys' tensors and graphs go.
 final class EncoderGraphs<B: Backend> {
     struct Captured {
         var input: B.Tensor
@@ -25,8 +26,19 @@ final class EncoderGraphs<B: Backend> {
 
     init(name: String, limit: Int = 2) { (self.name, self.limit) = (name, limit) }
 
+    /// Makes `key` the most recently used, dropping everything kept for keys beyond `limit`.
+    private func use(_ key: [Int]) {
+        order.removeAll { $0 == key }
+        order.append(key)
+        while order.count > limit {
+            let old = order.removeFirst()
+            (constants[old], eagerRuns[old], captured[old]) = (nil, nil, nil)
+        }
+    }
+
     /// The constant tensor for `key`, made by `make` on first use.
     func constant(_ key: [Int], _ backend: B, make: () -> HostTensor) -> B.Tensor {
+        use(key)
         if let known = constants[key] { return known }
         let made = backend.tensor(make())
         constants[key] = made
@@ -36,6 +48,7 @@ final class EncoderGraphs<B: Backend> {
     /// `stack` applied to `input` on the device, by whichever of the three routes applies. A replay returns the graph's
     /// own output tensor, which the next replay rewrites.
     func run(_ key: [Int], input host: HostTensor, _ backend: B, _ stack: @escaping (B.Tensor) -> B.Tensor) -> B.Tensor {
+        use(key)
         if let known = captured[key], (try? backend.overwrite(known.input, with: host)) != nil, (try? known.graph.replay()) != nil {
             return known.output
         }
@@ -46,8 +59,6 @@ final class EncoderGraphs<B: Backend> {
                 if let graph = try backend.capture({ output = stack(input) }), let output {
                     try graph.replay()
                     captured[key] = Captured(input: input, output: output, graph: graph)
-                    order.append(key)
-                    while order.count > limit { captured[order.removeFirst()] = nil }
                     return output
                 }
             } catch {

@@ -34,7 +34,7 @@ struct EncodeCommand: ParsableCommand, BackendJob {
     @Option(help: "T5's linear layers on cuda: bf16, or fp8 (e4m3, weights per output channel, activations per row; sm_89+). CLIP-L stays in bf16.")
     var t5Precision: String = "bf16"
 
-    @Option(help: "Encode this many times and print each run's time: the first runs encode the prompt's words in reverse order (a sequence length's second run is captured as a graph on cuda, later runs replay it with new tokens), the last one the prompt itself, which is written.")
+    @Option(help: "Encode this many times and print each run's time: the first runs encode the prompt's words in reverse order, the last one the prompt itself, which is written. On cuda the second run captures CLIP's graph and the third T5's; later runs replay both with new tokens.")
     var runs = 1
 
     @Option(help: "Where to write the embeddings (safetensors).")
@@ -45,6 +45,7 @@ struct EncodeCommand: ParsableCommand, BackendJob {
         guard (1...4096).contains(maxSequenceLength) else { throw ValidationError("--max-sequence-length must be in 1...4096") }
         guard (1...100).contains(runs) else { throw ValidationError("--runs must be in 1...100") }
         guard ["bf16", "fp8"].contains(t5Precision) else { throw ValidationError("--t5-precision is bf16 or fp8") }
+        guard t5Precision == "bf16" || device == "cuda" else { throw ValidationError("--t5-precision fp8 needs --device cuda") }
     }
 
     func run() throws {
@@ -63,8 +64,8 @@ struct EncodeCommand: ParsableCommand, BackendJob {
             (sequence, clip) = (nil, nil)
             let start = MonotonicClock.now()
             let prompt = run == runs - 1 ? text : warmup
-            sequence = try encoders.t5(ids: encoders.t5Ids(prompt, maxLength: maxSequenceLength), backend)
             clip = try encoders.clip(ids: encoders.clipIds(prompt), backend)
+            sequence = try encoders.t5(ids: encoders.t5Ids(prompt, maxLength: maxSequenceLength), backend)
             try backend.synchronize()
             if runs > 1 { fputs("kiln: encode run \(run + 1) of \(runs): \(BenchCommand.rounded((MonotonicClock.now() - start) * 1000)) ms\n", stderr) }
         }

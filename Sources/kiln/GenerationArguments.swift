@@ -1,6 +1,7 @@
 import ArgumentParser
 import KilnBackends
 import KilnCore
+import KilnCUDA
 import KilnModels
 import KilnPipeline
 import KilnText
@@ -131,6 +132,10 @@ struct GenerationArguments: ParsableArguments {
             }
             guard let folder = textEncoders ?? model.flatMap({ FileIO.isDirectory($0) ? $0 : nil }) else {
                 throw KilnError.invalidArgument("a BFL transformer file carries no text encoders: pass --text-encoders DIR (a diffusers FLUX folder) or --prompt-embeds")
+            }
+            // FP8 T5 needs the backend's quantizable linears in FP8 (`--precision auto` on a GPU without FP8 cores has BF16).
+            if t5Precision == "fp8" && (backend as? CUDABackend)?.linearPrecision != .fp8 {
+                throw KilnError.invalidArgument("--t5-precision fp8 needs FP8 linears, and this run has \((backend as? CUDABackend)?.linearPrecision.rawValue ?? "fp32") ones")
             }
             let encoder = try PromptEncoder(folder: folder, backend: backend,
                                             cacheFolder: noPromptCache ? nil : try CacheDirectory.folder("prompt-embeds"), fp8T5: t5Precision == "fp8")

@@ -98,9 +98,9 @@ def main():
     fp32, bf16 = outputs[torch.float32], outputs[torch.bfloat16]
     result = {"clip_pooled": {"transformers_bf16": rel(bf16[0], fp32[0])}, "t5": {"transformers_bf16": rel(bf16[1], fp32[1])},
               "clip_last_hidden": {"transformers_bf16": rel(bf16[2], fp32[2])}, "kiln_vs_transformers_bf16": {}}
-    # Kiln with T5's linear layers in BF16 (the default) and in FP8; CLIP runs in BF16 both times. Four runs:
-    # two of another prompt (eager, then captured as a graph), then the prompt (graph replays) twice; the last is
-    # compared, so the replay with new tokens is what is checked. Each run's time is kept.
+    # Kiln with T5's linear layers in BF16 (the default) and in FP8; CLIP runs in BF16 both times. Four runs: three of
+    # another prompt (eager; CLIP's graph captured; T5's captured), then the prompt, both graphs replayed with its
+    # tokens: that replay is what is compared. Each run's time is kept.
     result["kiln_encode_run_ms"] = {}
     for precision in ("bf16", "fp8"):
         embeds = os.path.join(folder, f"kiln-embeds-{precision}.safetensors")
