@@ -74,4 +74,27 @@ final class TextOpsTests: XCTestCase {
             XCTAssertEqual(gelu.data[i], x / (1 + exp(-1.702 * x)), accuracy: 1e-6)
         }
     }
+
+    /// T5's gated feed-forward op: gelu_tanh of the first half of each row times its second half.
+    func testGatedGELUFollowsItsFormula() {
+        let x = random([2, 3, 10], seed: 7)
+        let out = backend.gatedGELU(x)
+        XCTAssertEqual(out.shape, [2, 3, 5])
+        for row in 0..<6 {
+            for c in 0..<5 {
+                let a = Double(x.data[row * 10 + c]), b = Double(x.data[row * 10 + 5 + c])
+                let gelu = 0.5 * a * (1 + tanh(0.7978845608028654 * (a + 0.044715 * a * a * a)))
+                XCTAssertEqual(Double(out.data[row * 5 + c]), gelu * b, accuracy: 1e-5)
+            }
+        }
+    }
+
+    /// Stacking a tensor's copies along the batch dimension; one copy is the tensor itself.
+    func testRepeatedStacksCopies() {
+        let x = random([1, 2, 3], seed: 8)
+        XCTAssertEqual(x.repeated(1), x)
+        let three = x.repeated(3)
+        XCTAssertEqual(three.shape, [3, 2, 3])
+        XCTAssertEqual(three.data, x.data + x.data + x.data)
+    }
 }
