@@ -15,6 +15,9 @@ struct SelftestCommand: ParsableCommand {
     @Flag(help: "Fewer FLUX-size GEMM checks.")
     var quick = false
 
+    @Flag(help: "Instead of the suite: whether the autotuned FP8 GEMMs stay the fastest under sustained load.")
+    var sustainedGemms = false
+
     @Option(help: "Write the results as JSON to this file.")
     var json: String?
 
@@ -23,6 +26,10 @@ struct SelftestCommand: ParsableCommand {
 
     func run() throws {
         guard gpu else { throw ValidationError("kiln selftest needs --gpu (CPU tests run with `swift test`)") }
+        if sustainedGemms {
+            try GPUSelftest().sustainedGemmRanking()
+            return
+        }
         let code = GPUSelftest.run(bench: !noBench, quick: quick, jsonPath: json, markdownPath: markdown)
         if code != 0 { throw ExitCode(code) }
     }
