@@ -72,11 +72,12 @@ public final class DevicePool: @unchecked Sendable {
             free[size] = list
             pointer = p
         } else {
-            // Stream capture cannot allocate: a graph is captured only after an eager run sized the pool.
-            guard !capturing else { throw KilnError.unsupported("device memory allocation during graph capture (\(size) bytes)") }
-            let buffer = try DeviceBuffer(bytes: size)
+            // Inside a capture only when the eager run before it did not size the pool (a caller still holds one of
+            // its results): the graph then keeps a block of its own.
+            let buffer = try capturing ? DeviceBuffer.duringCapture(bytes: size) : DeviceBuffer(bytes: size)
             owned.append(buffer)
             driverAllocations += 1
+            if capturing { captureAllocations += 1 }
             reservedBytes += size
             peakReservedBytes = max(peakReservedBytes, reservedBytes)
             pointer = buffer.pointer
@@ -112,6 +113,9 @@ public final class DevicePool: @unchecked Sendable {
     /// Whether a graph capture is under way (nothing may synchronize or be timed).
     public var isCapturing: Bool { capturing }
     private var captureFree: [Int: [CUdeviceptr]] = [:]
+
+    /// Driver allocations made during captures (the pool had no free block of the size).
+    public private(set) var captureAllocations = 0
 
     /// Numbers the captures: 0 outside one, else the capture under way (values derived during a capture belong to it).
     public private(set) var captureSerial = 0

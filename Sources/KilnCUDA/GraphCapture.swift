@@ -30,8 +30,9 @@ extension CUDABackend {
         pool.trim()
     }
 
-    /// Captures `body` on the backend's stream. Every allocation inside must be served by blocks the pool already
-    /// holds (run the same work eagerly once before), and nothing inside may synchronize.
+    /// Captures `body` on the backend's stream. Run the same work eagerly once before (kernels compiled, GEMMs tuned,
+    /// the pool sized): nothing inside may synchronize. Allocations are served by the pool's free blocks, or from the
+    /// driver where it has none (`DevicePool.captureAllocations` counts those).
     public func capture(_ body: @escaping () throws -> Void) throws -> DeviceGraph? {
         pool.beginCapture()
         let graph: CUDAGraph

@@ -219,6 +219,16 @@ public final class DeviceBuffer: @unchecked Sendable {
         self.bytes = bytes
     }
 
+    /// A buffer allocated while this thread captures a stream. The driver refuses `cuMemAlloc` there unless the
+    /// thread's capture mode is relaxed for the call; the allocation itself is not part of the graph, and the pool
+    /// keeps the block as long as the graph (or the tensor holding it) needs it.
+    static func duringCapture(bytes: Int) throws -> DeviceBuffer {
+        var mode = Int32(KC_CU_STREAM_CAPTURE_MODE_RELAXED)
+        try check(kc_cu.cuThreadExchangeStreamCaptureMode!(&mode), "cuThreadExchangeStreamCaptureMode")
+        defer { _ = kc_cu.cuThreadExchangeStreamCaptureMode!(&mode) }
+        return try DeviceBuffer(bytes: bytes)
+    }
+
     deinit { _ = kc_cu.cuMemFree?(pointer) }
 }
 

@@ -145,6 +145,7 @@ public final class GPUSelftest {
         graph()
         gatedGraph()
         concurrentGraph()
+        heldResultGraph()
     }
 
     func elementwise() {
@@ -720,8 +721,8 @@ public final class GPUSelftest {
 
     /// FLUX's gated FP8 projections over several steps whose gates are rows of one tensor made inside the work (the
     /// all-steps modulation): run eagerly and checked against the CPU on the dequantized operands (each step takes its
-    /// own gate row), then captured by `capture` (which cannot allocate: the eager run sized the pool, and the rows'
-    /// gated scales must live and die with their gate tensor in both), replayed, and compared with the eager result.
+    /// own gate row), then captured by `capture` with no allocation of its own (the eager run sized the pool, and the
+    /// rows' gated scales must live and die with their gate tensor in both), replayed, and compared with the eager result.
     /// Before the gated scales' first use, the body allocates and frees a temporary of their size (as FLUX's final
     /// modulation is), which an eager run's scales left behind would starve.
     func gatedGraph() {
@@ -750,13 +751,42 @@ public final class GPUSelftest {
             }
             try gpu.synchronize()
             var out: CUDATensor?
+            let allocations = gpu.pool.captureAllocations
             guard let graph = try gpu.capture({ out = body() }) else { throw KilnError.unsupported("the CUDA backend captured no graph") }
+            guard gpu.pool.captureAllocations == allocations else {
+                throw KilnError.unsupported("the capture allocated: blocks of the eager run were still held")
+            }
             try graph.replay()
             let replayed = down(out!)
             record("CUDA graph gated FP8 rows", [steps, tokens, width], tolerance: 0, note: "vs eager; gated scales once per gate tensor") {
                 (replayed, eager!)
             }
             return (eager!, reference)
+        }
+    }
+
+    /// A capture while the eager run's result is still held, so the pool has no free block for the captured result:
+    /// the capture takes one from the driver instead of failing, and its replay with a new input equals an eager run.
+    func heldResultGraph() {
+        let (tokens, width) = (256, 3072)
+        record("CUDA graph, eager result held", [1, tokens, width], tolerance: 0, note: "capture allocates; vs eager, new input; bit for bit") {
+            let x = up(rng.tensor([1, tokens, width])), w = up(rng.tensor([width, width], scale: 0.02))
+            func body() -> CUDATensor { gpu.affine(gpu.linear(x, weight: w, bias: nil, activation: .geluTanh), scale: 2, shift: 1) }
+            try gpu.releaseCachedMemory()  // no free blocks from earlier checks: the eager run sizes the pool alone
+            let held = body()
+            try gpu.synchronize()
+            let allocations = gpu.pool.captureAllocations
+            var out: CUDATensor?
+            guard let graph = try gpu.capture({ out = body() }) else { throw KilnError.unsupported("the CUDA backend captured no graph") }
+            guard gpu.pool.captureAllocations > allocations else {
+                throw KilnError.unsupported("the capture found a free block: nothing exercised allocation inside it")
+            }
+            try gpu.overwrite(x, with: rng.tensor([1, tokens, width]))
+            try graph.replay()
+            let replayed = down(out!)
+            let eager = down(body())
+            withExtendedLifetime(held) {}
+            return (replayed, eager)
         }
     }
 

@@ -27,71 +27,31 @@ public final class TextToImagePipeline<B: Backend> {
     public var faults: Faults = [] {
         didSet { transformer.faults = faults }
     }
-    /// Replay repeated denoising loops as one captured graph where the backend has graphs.
-    public var useGraphs = true
+    /// Replay repeated denoising loops and decodes as captured graphs where the backend has graphs.
+    public var useGraphs = true {
+        didSet { (loops.enabled, decodes.enabled) = (useGraphs, useGraphs) }
+    }
     /// How the last `denoise` ran its loop.
-    public private(set) var lastLoop = LoopMode.eager
-    /// How the last `decode` or `decodeToPNGRows` ran the VAE decoder (graphs as for loops: eager, then captured, then
-    /// replayed).
-    public private(set) var lastDecode = LoopMode.eager
+    public var lastLoop: GraphRoute { loops.lastRoute }
+    /// How the last `decode` or `decodeToPNGRows` ran the VAE decoder.
+    public var lastDecode: GraphRoute { decodes.lastRoute }
     /// The device time of the last `decodeToPNGRows`'s decoder, where the backend measures one.
     public private(set) var lastDecodeDeviceMilliseconds: Double?
 
-    /// Eager (op by op), captured into a graph and replayed, or replayed from an earlier capture.
-    public enum LoopMode: String, Sendable {
-        case eager
-        case captured
-        case replayed
-    }
-
-    /// Loop shapes run eagerly, with the backend's memory generation at that run: the next run of the shape captures its
-    /// graph if the generation is unchanged. (Nothing of the eager run is kept: the capture must find every block the
-    /// eager run used back in the pool.)
-    var seenLoops: [LoopKey: Int] = [:]
-    /// Captured loops by shape, oldest first in `loopOrder`; at most `maximumCapturedLoops` are kept (each holds its
+    /// Denoising loops by shape and decodes by latent shape: eager on a shape's first run, captured on the next,
+    /// replayed after that; the graphs of the two most recently used shapes of each are kept (each holds its
     /// intermediates' memory).
-    var loops: [LoopKey: CapturedLoop] = [:]
-    var loopOrder: [LoopKey] = []
-    public var maximumCapturedLoops = 2
-
-    func keep(_ loop: CapturedLoop, for key: LoopKey) {
-        loops[key] = loop
-        loopOrder.append(key)
-        while loopOrder.count > maximumCapturedLoops { loops[loopOrder.removeFirst()] = nil }
-    }
-
-    /// Decoder runs by latent shape, as `seenLoops`, `loops` and `loopOrder` are for the denoising loop.
-    var seenDecodes: [[Int]: Int] = [:]
-    var decodes: [[Int]: CapturedDecode] = [:]
-    var decodeOrder: [[Int]] = []
-
-    struct CapturedDecode {
-        var input: B.Tensor
-        var output: B.Tensor
-        var graph: DeviceGraph
-    }
+    let loops = CapturedGraphs<LoopKey, B>(name: "the denoising loop")
+    let decodes = CapturedGraphs<[Int], B>(name: "the VAE decoder")
 
     /// Drops every captured loop and decoder (their memory returns to the backend's pool).
     public func forgetLoops() {
-        loops = [:]
-        loopOrder = []
-        seenLoops = [:]
-        decodes = [:]
-        decodeOrder = []
-        seenDecodes = [:]
+        loops.forget()
+        decodes.forget()
     }
 
     struct LoopKey: Hashable {
         var batch, rows, columns, textTokens, steps, faults: Int
-    }
-
-    /// A captured loop's input tensors (in `denoise`'s input order; nil where the model takes no such input), rotary
-    /// tables, output and graph.
-    struct CapturedLoop {
-        var inputs: [B.Tensor?]
-        var rope: FluxRotary<B.Tensor>?
-        var output: B.Tensor
-        var graph: DeviceGraph
     }
 
     /// Builds the pipeline from loaded parts.
@@ -166,40 +126,14 @@ public final class TextToImagePipeline<B: Backend> {
         ]
         let key = LoopKey(batch: batch, rows: rows, columns: columns, textTokens: prompt.sequence.shape[1], steps: steps, faults: faults.rawValue)
 
-        // A loop seen before with these shapes replays as one graph: new values go into its input buffers.
-        if useGraphs, let loop = loops[key] {
-            precondition(loop.inputs.count == inputs.count)
-            for (tensor, host) in zip(loop.inputs, inputs) {
-                if let tensor, let host { try backend.overwrite(tensor, with: host) }
-            }
-            progress?(0, steps)
-            try loop.graph.replay()
-            lastLoop = .replayed
-            progress?(steps, steps)
-            return LatentPacking.unpack(backend.host(loop.output), height: h, width: w)
+        let output = loops.run(key, inputs: inputs, on: backend,
+                               state: { self.transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, self.backend) },
+                               beforeGraph: { progress?(0, steps) }) { tensors, rope, capturing in
+            self.denoisingLoop(latents: tensors[0]!, text: tensors[1]!, pooled: tensors[2]!, timeEmbedding: tensors[3]!,
+                               guidanceEmbedding: tensors[4], rope: rope as? FluxRotary<B.Tensor>, scheduler: scheduler, batch: batch,
+                               progress: capturing ? nil : progress)
         }
-        let tensors = inputs.map { $0.map(backend.tensor) }
-        let rope = transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, backend)
-        func run(progress: ((Int, Int) -> Void)?) -> B.Tensor {
-            denoisingLoop(latents: tensors[0]!, text: tensors[1]!, pooled: tensors[2]!, timeEmbedding: tensors[3]!,
-                          guidanceEmbedding: tensors[4], rope: rope, scheduler: scheduler, batch: batch, progress: progress)
-        }
-        // The first run of a shape is eager (it tunes kernels and sizes the memory pool); the next one is captured, if
-        // the pool still holds every block that eager run used.
-        if useGraphs, seenLoops[key] == backend.memoryGeneration {
-            var output: B.Tensor?
-            if let graph = try backend.capture({ output = run(progress: nil) }) {
-                keep(CapturedLoop(inputs: tensors, rope: rope, output: output!, graph: graph), for: key)
-                progress?(0, steps)
-                try graph.replay()
-                lastLoop = .captured
-                progress?(steps, steps)
-                return LatentPacking.unpack(backend.host(output!), height: h, width: w)
-            }
-        }
-        let output = run(progress: progress)
-        lastLoop = .eager
-        seenLoops[key] = backend.memoryGeneration
+        if lastLoop != .eager { progress?(steps, steps) }
         return LatentPacking.unpack(backend.host(output), height: h, width: w)
     }
 
@@ -270,28 +204,8 @@ public final class TextToImagePipeline<B: Backend> {
         return HostTensor(shape: [batch, channels, height, width], data: planes)
     }
 
-    /// The VAE decoder on the device: op by op on a latent shape's first decode, captured as one graph on the next if
-    /// the memory pool still holds what the first used (as for loops), replayed with the new latents after that.
+    /// The VAE decoder on the device, by `decodes`' route for the latent shape.
     func decodeOnDevice(_ z: HostTensor) -> B.Tensor {
-        if useGraphs, let captured = decodes[z.shape], (try? backend.overwrite(captured.input, with: z)) != nil,
-           (try? captured.graph.replay()) != nil {
-            lastDecode = .replayed
-            return captured.output
-        }
-        let input = backend.tensor(z)
-        if useGraphs, seenDecodes[z.shape] == backend.memoryGeneration {
-            var output: B.Tensor?
-            if let graph = try? backend.capture({ output = self.decoder(input, self.backend) }), (try? graph.replay()) != nil, let output {
-                decodes[z.shape] = CapturedDecode(input: input, output: output, graph: graph)
-                decodeOrder.append(z.shape)
-                while decodeOrder.count > maximumCapturedLoops { decodes[decodeOrder.removeFirst()] = nil }
-                lastDecode = .captured
-                return output
-            }
-        }
-        let output = decoder(input, backend)
-        seenDecodes[z.shape] = backend.memoryGeneration
-        lastDecode = .eager
-        return output
+        decodes.run(z.shape, inputs: [z], on: backend) { inputs, _, _ in self.decoder(inputs[0]!, self.backend) }
     }
 }

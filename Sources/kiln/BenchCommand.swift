@@ -45,10 +45,10 @@ struct BenchCommand: ParsableCommand, BackendJob {
 
         var runReports: [JSON] = []
         var eagerSteps: [Double] = []
-        var loopTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
-        var decodeTimes: [(mode: TextToImagePipeline<B>.LoopMode, seconds: Double, deviceSeconds: Double?)] = []
+        var loopTimes: [(mode: GraphRoute, seconds: Double)] = []
+        var decodeTimes: [(mode: GraphRoute, seconds: Double, deviceSeconds: Double?)] = []
         var pngTimes: [Double] = []
-        var runTimes: [(loop: TextToImagePipeline<B>.LoopMode, decode: TextToImagePipeline<B>.LoopMode, seconds: Double)] = []
+        var runTimes: [(loop: GraphRoute, decode: GraphRoute, seconds: Double)] = []
         var firstImage = 0.0
         var profile: [OpProfile.Entry] = [], laterProfile: [OpProfile.Entry] = []
         _ = try (backend as? CUDABackend)?.profile?.report()  // drops the loading work (random weights, quantization)

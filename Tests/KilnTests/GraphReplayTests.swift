@@ -2,6 +2,7 @@ import KilnBackends
 import KilnCore
 import KilnModels
 import KilnPipeline
+import KilnText
 import XCTest
 
 /// A backend with CUDA-graph semantics on the CPU: tensors are buffers with fixed identity; `capture` records the
@@ -177,6 +178,27 @@ final class GraphReplayTests: XCTestCase {
         }
         XCTAssertEqual(modes, ["eager", "captured", "replayed", "replayed"])
         XCTAssertEqual(emulated.captures, 1)
+        XCTAssertEqual(emulated.hostTransfersInGraphs, 0)
+    }
+
+    /// CLIP-L's and T5's layer stacks, like the loop: eager for a sequence length's first prompt, captured on the
+    /// next run whose pool is unchanged since, replayed with later prompts' tokens; every embedding equals the eager
+    /// CPU encoders', with no host transfer inside the graphs.
+    func testTextEncodersAreCapturedAndReplayed() throws {
+        let folder = Fixtures.path("tiny-flux-dev-text")
+        let emulated = GraphEmulatingBackend()
+        let graphEncoders = try TextEncoders.load(modelFolder: folder, backend: emulated)
+        let eager = try TextEncoders.load(modelFolder: folder, backend: CPUBackend())
+        for prompt in ["a red kiln at dusk", "two cats on a sofa", "a lighthouse in fog, 35mm photo", "a red kiln at dusk"] {
+            let replayed = try graphEncoders.encodeToHost(prompt: prompt, maxLength: 32, cached: false)
+            let expected = try eager.encodeToHost(prompt: prompt, maxLength: 32, cached: false)
+            XCTAssertEqual(replayed.promptEmbeds, expected.promptEmbeds, prompt)
+            XCTAssertEqual(replayed.pooled, expected.pooled, prompt)
+        }
+        // CLIP: eager, captured, replayed, replayed. T5: eager, eager again (CLIP's capture took memory since its first
+        // run), captured, replayed. Each capture is replayed once to produce its result.
+        XCTAssertEqual(emulated.captures, 2)
+        XCTAssertEqual(emulated.replays, 5)
         XCTAssertEqual(emulated.hostTransfersInGraphs, 0)
     }
 }

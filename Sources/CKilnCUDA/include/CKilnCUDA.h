@@ -122,6 +122,7 @@ enum {
     X(CUresult, cuStreamWaitEvent, (CUstream stream, CUevent event, unsigned int flags), "cuStreamWaitEvent", NULL) \
     X(CUresult, cuStreamBeginCapture, (CUstream stream, int mode), "cuStreamBeginCapture_v2", NULL) \
     X(CUresult, cuStreamEndCapture, (CUstream stream, CUgraph *graph), "cuStreamEndCapture", NULL) \
+    X(CUresult, cuThreadExchangeStreamCaptureMode, (int *mode), "cuThreadExchangeStreamCaptureMode", NULL) \
     X(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec *exec, CUgraph graph, unsigned long long flags), "cuGraphInstantiateWithFlags", NULL) \
     X(CUresult, cuGraphLaunch, (CUgraphExec exec, CUstream stream), "cuGraphLaunch", NULL) \
     X(CUresult, cuGraphExecDestroy, (CUgraphExec exec), "cuGraphExecDestroy", NULL) \
