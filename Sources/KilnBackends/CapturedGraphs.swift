@@ -14,7 +14,7 @@ public enum GraphRoute: String, Sendable {
 /// Work that repeats with the same shapes (a text encoder's layers, the denoising loop, the VAE decoder), run as one
 /// graph where the backend has graphs. A key's first run is eager: kernels compile, GEMMs tune, the memory pool grows
 /// to what the work needs. Its next run is captured, if the pool has not changed since (`Backend.memoryGeneration`),
-/// so the capture finds every block the eager run used. Later runs write their inputs into the captured input tensors
+/// so the capture finds the blocks it needs (it allocates only for results a caller still holds). Later runs write their inputs into the captured input tensors
 /// and replay. What is kept (graphs with their tensors, eager runs' generations) is kept for the `limit` most recently
 /// used keys.
 public final class CapturedGraphs<Key: Hashable, B: Backend> {
@@ -36,7 +36,10 @@ public final class CapturedGraphs<Key: Hashable, B: Backend> {
     /// The route the last `run` took.
     public private(set) var lastRoute = GraphRoute.eager
 
-    public init(name: String, limit: Int = 2) { (self.name, self.limit) = (name, limit) }
+    public init(name: String, limit: Int = 2) {
+        precondition(limit >= 1, "CapturedGraphs keeps at least one key")
+        (self.name, self.limit) = (name, limit)
+    }
 
     /// Drops every graph and what it holds (their memory goes back to the backend's pool).
     public func forget() {
@@ -57,7 +60,8 @@ public final class CapturedGraphs<Key: Hashable, B: Backend> {
     /// graph is the graph's own output tensor (the next replay rewrites it). `state` makes device tensors the work
     /// reads besides its inputs (before an eager run or a capture; a graph keeps them). `work` is told whether it is
     /// being captured (then it must not touch the host). `beforeGraph` runs once the inputs are on the device and a
-    /// graph is about to run.
+    /// graph is about to run (after a replay or capture that fails, the eager run follows it, so a caller's progress may
+    /// restart).
     public func run(_ key: Key, inputs: [HostTensor?], on backend: B, state: () -> Any? = { nil }, beforeGraph: () -> Void = {},
                     _ work: @escaping (_ inputs: [B.Tensor?], _ state: Any?, _ capturing: Bool) -> B.Tensor) -> B.Tensor {
         use(key)

@@ -159,7 +159,7 @@ extension CUDABackend {
         let (row, rows) = cacheable ? (gate.offset / rowBytes, gate.storage.bytes / rowBytes) : (0, 1)
         var entry = cacheable ? known.flatMap { $0.captureSerial == pool.captureSerial ? $0 as? GatedScales : nil } : nil
         if entry == nil {
-            // A capture takes over the blocks of rows an eager run left on this gate (it cannot allocate more than that
+            // A capture takes over the blocks of rows an eager run left on this gate (so it allocates no more than that
             // run did) and recomputes them in its graph.
             let eager = cacheable ? known as? GatedScales : nil
             let computed = try eager.map { GatedScales(scales: $0.scales, bias: $0.bias, captureSerial: pool.captureSerial) }

@@ -18,7 +18,8 @@ public final class CUDABackend: Backend {
     /// How many streams `concurrently` may use (`KILN_STREAMS=1|2`, default 1: on the H100 two were 1% slower per FLUX
     /// step, bench/results/session4-streams-ab); 1 runs both bodies in turn.
     public var streams = FileIO.environment("KILN_STREAMS") == "2" ? 2 : 1
-    /// The second stream, made by the first `concurrently` outside a capture (a capture cannot allocate its workspace).
+    /// The second stream, made by the first `concurrently` outside a capture (its GEMM workspace is a driver buffer of
+    /// its own, not a pool block).
     var side: SideStream?
     /// How many `concurrently` regions were captured on two streams.
     public internal(set) var forkedRegions = 0

@@ -766,7 +766,8 @@ public final class GPUSelftest {
     }
 
     /// A capture while the eager run's result is still held, so the pool has no free block for the captured result:
-    /// the capture takes one from the driver instead of failing, and its replay with a new input equals an eager run.
+    /// the capture takes one from the driver instead of failing, its replay with a new input equals an eager run, and
+    /// the held result is left as it was.
     func heldResultGraph() {
         let (tokens, width) = (256, 3072)
         record("CUDA graph, eager result held", [1, tokens, width], tolerance: 0, note: "capture allocates; vs eager, new input; bit for bit") {
@@ -774,7 +775,7 @@ public final class GPUSelftest {
             func body() -> CUDATensor { gpu.affine(gpu.linear(x, weight: w, bias: nil, activation: .geluTanh), scale: 2, shift: 1) }
             try gpu.releaseCachedMemory()  // no free blocks from earlier checks: the eager run sizes the pool alone
             let held = body()
-            try gpu.synchronize()
+            let heldValues = down(held)
             let allocations = gpu.pool.captureAllocations
             var out: CUDATensor?
             guard let graph = try gpu.capture({ out = body() }) else { throw KilnError.unsupported("the CUDA backend captured no graph") }
@@ -784,8 +785,8 @@ public final class GPUSelftest {
             try gpu.overwrite(x, with: rng.tensor([1, tokens, width]))
             try graph.replay()
             let replayed = down(out!)
+            guard down(held) == heldValues else { throw KilnError.unsupported("the graph wrote into the held eager result") }
             let eager = down(body())
-            withExtendedLifetime(held) {}
             return (replayed, eager)
         }
     }

@@ -130,7 +130,7 @@ public final class TextToImagePipeline<B: Backend> {
                                state: { self.transformer.positionEmbedding(textTokens: prompt.sequence.shape[1], rows: rows, columns: columns, self.backend) },
                                beforeGraph: { progress?(0, steps) }) { tensors, rope, capturing in
             self.denoisingLoop(latents: tensors[0]!, text: tensors[1]!, pooled: tensors[2]!, timeEmbedding: tensors[3]!,
-                               guidanceEmbedding: tensors[4], rope: rope as? FluxRotary<B.Tensor>, scheduler: scheduler, batch: batch,
+                               guidanceEmbedding: tensors[4], rope: rope.map { $0 as! FluxRotary<B.Tensor> }, scheduler: scheduler, batch: batch,
                                progress: capturing ? nil : progress)
         }
         if lastLoop != .eager { progress?(steps, steps) }

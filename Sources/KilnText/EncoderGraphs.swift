@@ -30,6 +30,7 @@ final class EncoderGraphs<B: Backend> {
     /// `stack` applied to `input` on the device. A replay returns the graph's own output tensor, which the next replay
     /// rewrites.
     func run(_ key: [Int], input host: HostTensor, _ backend: B, _ stack: @escaping (B.Tensor) -> B.Tensor) -> B.Tensor {
-        graphs.run(key, inputs: [host], on: backend) { inputs, _, _ in stack(inputs[0]!) }
+        // The graph keeps the key's constant: it reads it on every replay.
+        graphs.run(key, inputs: [host], on: backend, state: { self.constants[key] }) { inputs, _, _ in stack(inputs[0]!) }
     }
 }

@@ -95,11 +95,11 @@ struct BenchCommand: ParsableCommand, BackendJob {
         if let entries = try (backend as? CUDABackend)?.profile?.report() { laterProfile = entries }
         let steps = prepared.options.steps ?? pipeline.defaultSteps
         // The step figure comes from graph replays where there are any, else from eager steps, else from the loop that
-        // was captured (its time includes the capture).
+        // was captured (timed from its first replay: the capture itself comes before the loop's start mark).
         let replays = loopTimes.filter { $0.mode == .replayed }.map { $0.seconds / Double(steps) }
         let captured = loopTimes.filter { $0.mode == .captured }.map { $0.seconds / Double(steps) }
         let (stepSource, stepSamples) = !replays.isEmpty ? ("graph replays (loop time / steps)", replays)
-            : !eagerSteps.isEmpty ? ("eager steps", eagerSteps) : ("the captured run (loop time / steps, capture included)", captured)
+            : !eagerSteps.isEmpty ? ("eager steps", eagerSteps) : ("the captured run's replay (loop time / steps)", captured)
         let stepMedian = BenchCommand.median(stepSamples)
         // Likewise the decode (replays: what a serving process sees once warm), and the image: runs that replayed both
         // graphs, else runs that replayed the loop, else runs without captures. The decode's wall time includes the
