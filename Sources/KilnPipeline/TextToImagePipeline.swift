@@ -28,8 +28,9 @@ public final class TextToImagePipeline<B: Backend> {
         didSet { transformer.faults = faults }
     }
     /// Replay repeated denoising loops and decodes as captured graphs where the backend has graphs.
-    public var useGraphs = true {
-        didSet { (loops.enabled, decodes.enabled) = (useGraphs, useGraphs) }
+    public var useGraphs: Bool {
+        get { loops.enabled }
+        set { (loops.enabled, decodes.enabled) = (newValue, newValue) }
     }
     /// How the last `denoise` ran its loop.
     public var lastLoop: GraphRoute { loops.lastRoute }

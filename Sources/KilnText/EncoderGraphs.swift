@@ -9,18 +9,14 @@ final class EncoderGraphs<B: Backend> {
     private var constants: [[Int]: B.Tensor] = [:]
     private var order: [[Int]] = []
     let graphs: CapturedGraphs<[Int], B>
-    let limit: Int
 
-    init(name: String, limit: Int = 2) {
-        self.limit = limit
-        graphs = CapturedGraphs(name: name, limit: limit)
-    }
+    init(name: String, limit: Int = 2) { graphs = CapturedGraphs(name: name, limit: limit) }
 
     /// The constant tensor for `key`, made by `make` on first use.
     func constant(_ key: [Int], _ backend: B, make: () -> HostTensor) -> B.Tensor {
         order.removeAll { $0 == key }
         order.append(key)
-        while order.count > limit { constants[order.removeFirst()] = nil }
+        while order.count > graphs.limit { constants[order.removeFirst()] = nil }
         if let known = constants[key] { return known }
         let made = backend.tensor(make())
         constants[key] = made
